@@ -1,0 +1,200 @@
+"""PyTorch backend: nn.Modules that read like the equations, torch.optim.RMSprop(centered=True).
+
+torch.optim.RMSprop with centered=True is the reference update itself (eps outside the square
+root), so the suite's optimizer is PyTorch's own. nn.Linear stores weight as (out, in); the
+canonical layout is (in, out), so kernels are transposed on the way in and out.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from common.init import made_masks
+from common.spec import N_PIXELS, Spec
+
+HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+EVAL_SAMPLES_PER_CHUNK = 32_768
+
+
+def mlp(sizes: list[int]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        layers.append(nn.Linear(fan_in, fan_out))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class MaskedLinear(nn.Linear):
+    def __init__(self, mask: np.ndarray):
+        fan_in, fan_out = mask.shape
+        super().__init__(fan_in, fan_out)
+        self.register_buffer("mask", torch.from_numpy(mask.T.copy()))
+
+    def forward(self, a: torch.Tensor) -> torch.Tensor:
+        return F.linear(a, self.weight * self.mask, self.bias)
+
+
+class IAFStep(nn.Module):
+    """MADE conditioned on the encoder's context h: [m | s] = MADE(z, h)."""
+
+    def __init__(self, spec: Spec, masks: dict[str, np.ndarray], t: int):
+        super().__init__()
+        H, L = spec.hidden_size, spec.latent_size
+        self.l0 = MaskedLinear(masks[f"flow.{t}.l0.kernel"])
+        self.l0_context = nn.Linear(L, H, bias=False)
+        self.l1 = MaskedLinear(masks[f"flow.{t}.l1.kernel"])
+        self.l1_context = nn.Linear(L, H, bias=False)
+        self.out = MaskedLinear(masks[f"flow.{t}.out.kernel"])
+
+    def forward(self, z: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        a0 = F.relu(self.l0(z) + self.l0_context(context))
+        a1 = F.relu(self.l1(a0) + self.l1_context(context))
+        m, s = self.out(a1).chunk(2, dim=-1)
+        sigma = torch.sigmoid(s + 2.0)
+        # log sigma = -softplus(-(s + 2)), exact where sigma underflows
+        return sigma * z + (1.0 - sigma) * m, -F.softplus(-(s + 2.0)).sum(-1)
+
+
+class VAE(nn.Module):
+    def __init__(self, spec: Spec):
+        super().__init__()
+        H, L = spec.hidden_size, spec.latent_size
+        self.spec = spec
+        self.encoder = mlp([N_PIXELS, H, H, spec.encoder_out])
+        self.decoder = mlp([L, H, H, N_PIXELS])
+        masks = made_masks(spec)
+        n_flow = spec.flow_steps if spec.variational == "iaf" else 0
+        self.flow = nn.ModuleList([IAFStep(spec, masks, t) for t in range(n_flow)])
+
+    def forward(self, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """Per-example ELBO; eps (..., N, L) broadcasts over x (N, 784)."""
+        L = self.spec.latent_size
+        out = self.encoder(x)
+        loc, scale_arg, context = out[..., :L], out[..., L:2 * L], out[..., 2 * L:]
+        scale = F.softplus(scale_arg)
+        z = loc + scale * eps
+        log_q_z = (-0.5 * eps.square() - scale.log() - HALF_LOG_2PI).sum(-1)
+        for t, step in enumerate(self.flow):
+            if t > 0:
+                z = z.flip(-1)
+            z, log_sigma = step(z, context)
+            log_q_z = log_q_z - log_sigma
+        logits = self.decoder(z)
+        log_p_x_given_z = -F.binary_cross_entropy_with_logits(
+            logits, x.expand_as(logits), reduction="none").sum(-1)
+        log_p_z = (-0.5 * z.square() - HALF_LOG_2PI).sum(-1)
+        return log_p_x_given_z + log_p_z - log_q_z
+
+
+def canonical_to_module(spec: Spec) -> dict[str, str]:
+    """canonical name -> state_dict key."""
+    names = {}
+    for part in ("encoder", "decoder"):
+        for i in range(3):
+            names[f"{part}.l{i}.kernel"] = f"{part}.{2 * i}.weight"
+            names[f"{part}.l{i}.bias"] = f"{part}.{2 * i}.bias"
+    if spec.variational == "iaf":
+        for t in range(spec.flow_steps):
+            for layer in ("l0", "l1", "out"):
+                names[f"flow.{t}.{layer}.kernel"] = f"flow.{t}.{layer}.weight"
+                names[f"flow.{t}.{layer}.bias"] = f"flow.{t}.{layer}.bias"
+            for layer in ("l0", "l1"):
+                names[f"flow.{t}.{layer}.context"] = f"flow.{t}.{layer}_context.weight"
+    return names
+
+
+class Backend:
+    name = "torch"
+
+    def load(self, spec: Spec, params: dict[str, np.ndarray], train_x: np.ndarray) -> None:
+        torch.set_num_threads(os.cpu_count() or 1)
+        self.spec = spec
+        self.dtype = getattr(torch, spec.dtype)
+        self.model = VAE(spec).to(self.dtype)
+        self.names = canonical_to_module(spec)
+        self.load_params(params)
+        self.train_x = torch.from_numpy(np.asarray(train_x)).to(self.dtype)
+        self.generator = torch.Generator().manual_seed(spec.seed)
+        self.optimizer = torch.optim.RMSprop(
+            self.model.parameters(), lr=spec.learning_rate, alpha=spec.rmsprop_decay,
+            eps=spec.rmsprop_eps, centered=True)
+
+    def load_params(self, params: dict[str, np.ndarray]) -> None:
+        state = self.model.state_dict()
+        with torch.no_grad():
+            for canonical, key in self.names.items():
+                value = torch.from_numpy(np.asarray(params[canonical], dtype=self.spec.dtype))
+                state[key].copy_(value.T if value.ndim == 2 else value)
+
+    def params(self) -> dict[str, np.ndarray]:
+        state = self.model.state_dict()
+        return {c: (state[k].T if state[k].ndim == 2 else state[k]).detach().numpy().copy()
+                for c, k in self.names.items()}
+
+    def noise(self, *shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=self.generator, dtype=self.dtype)
+
+    def train(self, batch_indices: np.ndarray, noise: np.ndarray | None = None) -> float:
+        indices = torch.from_numpy(np.asarray(batch_indices, dtype=np.int64))
+        total = torch.zeros((), dtype=self.dtype)
+        for s in range(len(indices)):
+            x = self.train_x.index_select(0, indices[s])
+            eps = (self.noise(*x.shape[:1], self.spec.latent_size) if noise is None
+                   else torch.from_numpy(np.asarray(noise[s], dtype=self.spec.dtype)))
+            elbo = self.model(x, eps)
+            self.optimizer.zero_grad(set_to_none=True)
+            (-elbo.sum()).backward()
+            self.optimizer.step()
+            total += elbo.detach().mean()
+        return total.item() / len(indices)  # one host sync per call
+
+    @torch.no_grad()
+    def evaluate(self, x: np.ndarray, k: int, noise: np.ndarray | None = None):
+        x = torch.from_numpy(np.asarray(x)).to(self.dtype)
+        chunk = max(1, EVAL_SAMPLES_PER_CHUNK // k)
+        elbos, log_pxs = [], []
+        for start in range(0, len(x), chunk):
+            xc = x[start:start + chunk]
+            eps = (self.noise(k, len(xc), self.spec.latent_size) if noise is None else
+                   torch.from_numpy(np.asarray(noise[:, start:start + chunk], dtype=self.spec.dtype)))
+            log_w = self.model(xc, eps)  # (K, n)
+            elbos.append(log_w.mean(0))
+            log_pxs.append(torch.logsumexp(log_w, 0) - math.log(k))
+        return (torch.cat(elbos).double().numpy(), torch.cat(log_pxs).double().numpy())
+
+    def elbo_and_grads(self, x: np.ndarray, noise: np.ndarray):
+        self.model.zero_grad(set_to_none=True)
+        elbo = self.model(torch.from_numpy(np.asarray(x)).to(self.dtype),
+                          torch.from_numpy(np.asarray(noise, dtype=self.spec.dtype)))
+        elbo.sum().backward()
+        grads = dict(self.model.named_parameters())
+        out = {c: (grads[k].grad.T if grads[k].grad.ndim == 2 else grads[k].grad).numpy().copy()
+               for c, k in self.names.items()}
+        self.model.zero_grad(set_to_none=True)
+        return elbo.detach().numpy(), out
+
+    def optimizer_state(self) -> dict[str, dict[str, np.ndarray]]:
+        params = dict(self.model.named_parameters())
+        out: dict[str, dict[str, np.ndarray]] = {"square_avg": {}, "grad_avg": {}}
+        for c, k in self.names.items():
+            slot = self.optimizer.state.get(params[k], {})
+            for name in out:
+                value = slot.get(name, torch.zeros_like(params[k])).detach()
+                out[name][c] = (value.T if value.ndim == 2 else value).numpy().copy()
+        return out
+
+    def set_optimizer_state(self, state: dict[str, dict[str, np.ndarray]]) -> None:
+        params = dict(self.model.named_parameters())
+        for c, k in self.names.items():
+            slot = self.optimizer.state[params[k]]
+            slot["step"] = torch.tensor(1.0)
+            for name in ("square_avg", "grad_avg"):
+                value = torch.from_numpy(np.asarray(state[name][c], dtype=self.spec.dtype))
+                slot[name] = (value.T if value.ndim == 2 else value).clone()

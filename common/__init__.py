@@ -1,0 +1,1 @@
+"""Everything that is not framework code, written once. Importing it imports no framework."""

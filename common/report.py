@@ -1,0 +1,107 @@
+"""results.json -> results.md, results.csv and the printed table. Re-runnable alone:
+`python compare.py report results/<run>` rebuilds everything here from results.json."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+COLUMNS = ["family", "backend", "test ELBO", "test log p(x)", "Δ log p(x) (paired)",
+           "train ex/s", "warm-up s", "eval samples/s", "wall s", "status"]
+
+
+def pm(mean: float, se: float, digits: int = 2) -> str:
+    return f"{mean:.{digits}f} ± {se:.{digits}f}"
+
+
+def number(x: float | None, digits: int = 0) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return f"{x:,.{digits}f}"
+
+
+def rows(results: dict) -> list[dict[str, str]]:
+    paired = {(p["family"], p["backend"]): p for p in results.get("paired", [])}
+    out = []
+    for run in results["runs"]:
+        row = dict.fromkeys(COLUMNS, "–")
+        row.update(family=run["family"], backend=run["backend"], status=run["status"])
+        if run["status"] == "ok":
+            test, timing = run["test"], run["timing"]
+            p = paired.get((run["family"], run["backend"]))
+            row.update({
+                "test ELBO": pm(test["elbo"], test["elbo_se"]),
+                "test log p(x)": pm(test["log_px"], test["log_px_se"]),
+                "Δ log p(x) (paired)": (pm(p["log_px_diff"], p["log_px_diff_se"]) + f" vs {p['versus']}"
+                                        if p else "reference"),
+                "train ex/s": number(timing["examples_per_s"]),
+                "warm-up s": number(timing["warmup_s"], 1),
+                "eval samples/s": number(test["samples_per_s"]),
+                "wall s": number(timing["wall_seconds"], 0),
+            })
+        else:
+            row["status"] = f"{run['status']}: {run.get('error', '')}" + (
+                f" (log: {run['log']})" if run.get("log") else "")
+        out.append(row)
+    return out
+
+
+def text_table(results: dict) -> str:
+    table = rows(results)
+    widths = {c: max(len(c), *(len(r[c]) for r in table)) for c in COLUMNS}
+    lines = ["  ".join(c.ljust(widths[c]) for c in COLUMNS)]
+    lines.append("  ".join("-" * widths[c] for c in COLUMNS))
+    lines += ["  ".join(r[c].ljust(widths[c]) for c in COLUMNS) for r in table]
+    return "\n".join(lines)
+
+
+def markdown_table(results: dict) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(r[c] for c in COLUMNS) + " |" for r in rows(results)]
+    return "\n".join(lines)
+
+
+def markdown(results: dict) -> str:
+    spec, env = results["spec"], results["environment"]
+    setting = (f"H = {spec['hidden_size']}, L = {spec['latent_size']}, batch {spec['batch_size']}, "
+               f"{spec['steps']:,} steps, centered RMSprop lr {spec['learning_rate']}, "
+               f"{spec['dtype']}, seed {spec['seed']}; validation every {spec['eval_every']:,} steps on "
+               f"{spec['valid_examples']:,} examples; best-validation parameters on "
+               f"{spec['test_examples']:,} test examples with K = {spec['eval_k']}.")
+    versions = sorted({f"{k} {v}" for run in results["runs"] for k, v in run.get("versions", {}).items()})
+    return "\n".join([
+        f"# {results['run']}", "",
+        "```", results["command"], "```", "",
+        setting, "",
+        markdown_table(results), "",
+        "Test ELBO and log p(x) in nats, mean ± standard error over test examples; Δ is the "
+        "per-example difference from the first backend of the same family on the same test "
+        "images, ± its standard error. Train ex/s: median over timing windows of "
+        f"{results['runs'][0].get('timing', {}).get('window_steps', '–')} steps after the first; "
+        "warm-up: the first window's time beyond steady state (compilation).", "",
+        f"Machine: {env['cpu']}, {env['cpu_count']} cores, {env['platform']}. "
+        f"Date {results['created']}, commit {env['git_commit']}.", "",
+        "Versions: " + ", ".join(versions) + ".", "",
+    ])
+
+
+def write_csv(results: dict, path: Path) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows(results))
+
+
+def write_all(run_dir: Path, results: dict) -> None:
+    (run_dir / "results.json").write_text(json.dumps(results, indent=2, default=float))
+    (run_dir / "results.md").write_text(markdown(results))
+    write_csv(results, run_dir / "results.csv")
+
+
+def regenerate(run_dir: Path) -> dict:
+    results = json.loads((run_dir / "results.json").read_text())
+    (run_dir / "results.md").write_text(markdown(results))
+    write_csv(results, run_dir / "results.csv")
+    return results

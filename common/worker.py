@@ -1,0 +1,157 @@
+"""One backend and one family in one process: train, validate, test, write the results.
+
+compare.py starts `python -m common.worker CONFIG.json` once per backend and family, so
+frameworks never share a process (thread pools, memory) and one crash cannot take the
+others down. The worker writes, into its output folder:
+  metrics.json        every figure of this backend and family (status "ok" or "failed")
+  params.safetensors  the best-validation parameters, canonical names, float32
+  test_per_example.npz  per-example test ELBO and log p(x), for paired differences
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import sys
+import time
+import traceback
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+import backends
+from common import data
+from common.init import init_params
+from common.metrics import eval_flops_per_sample, mean_and_se, steady_state, train_flops_per_example
+from common.spec import Spec
+
+TIMING_WINDOW = 100  # steps per train() call: one host sync, one progress update, one timing sample
+FRAMEWORK_PACKAGES = {"torch": ["torch"], "jax": ["jax", "jaxlib", "flax", "optax"],
+                      "tensorflow": ["tensorflow-cpu", "tensorflow"]}
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def package_versions(backend: str) -> dict[str, str]:
+    versions = {"python": platform.python_version(), "numpy": np.__version__}
+    for package in FRAMEWORK_PACKAGES[backend]:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def window_size(spec: Spec) -> int:
+    return math.gcd(TIMING_WINDOW, spec.eval_every, spec.steps)
+
+
+def progress_bar(total: int, desc: str):
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, unit="step", file=sys.stderr, mininterval=1.0,
+                dynamic_ncols=True, smoothing=0.1)
+
+
+def evaluate_split(backend, x: np.ndarray, k: int) -> dict:
+    start = time.perf_counter()
+    elbo, log_px = backend.evaluate(x, k)
+    seconds = time.perf_counter() - start
+    elbo_mean, elbo_se = mean_and_se(elbo)
+    log_px_mean, log_px_se = mean_and_se(log_px)
+    return dict(elbo=elbo_mean, elbo_se=elbo_se, log_px=log_px_mean, log_px_se=log_px_se,
+                examples=len(x), k=k, seconds=seconds, samples_per_s=len(x) * k / seconds,
+                per_example=(elbo, log_px))
+
+
+def train_and_evaluate(backend_name: str, spec: Spec, dataset: data.Dataset, out_dir: Path) -> dict:
+    started = time.perf_counter()
+    backend = backends.create(backend_name)
+    initial = init_params(spec)
+    backend.load(spec, initial, dataset.train)
+    valid_x, test_x = dataset.valid[:spec.valid_examples], dataset.test[:spec.test_examples]
+    window = window_size(spec)
+    curve, validation, window_steps, window_seconds = [], [], [], []
+    best = {"log_px": -np.inf, "step": 0, "params": initial}
+    train_seconds = 0.0
+    bar = progress_bar(spec.steps, f"{backend_name} {spec.variational}")
+    for start in range(0, spec.steps, window):
+        indices = data.batch_indices(len(dataset.train), spec.batch_size, spec.seed, start, start + window)
+        t0 = time.perf_counter()
+        train_elbo = backend.train(indices)
+        seconds = time.perf_counter() - t0
+        step = start + window
+        if not math.isfinite(train_elbo):
+            raise NonFiniteLoss(f"training ELBO became {train_elbo} in steps {start + 1}..{step}; "
+                                "try a smaller --learning-rate")
+        train_seconds += seconds
+        window_steps.append(window)
+        window_seconds.append(seconds)
+        curve.append(dict(step=step, train_elbo=train_elbo, train_seconds=train_seconds))
+        bar.set_postfix(elbo=f"{train_elbo:.2f}", ex_s=f"{window * spec.batch_size / seconds:,.0f}")
+        bar.update(window)
+        if step % spec.eval_every == 0 or step == spec.steps:
+            bar.set_postfix_str(f"validating on {len(valid_x)} x K={spec.eval_k}")
+            result = evaluate_split(backend, valid_x, spec.eval_k)
+            result.pop("per_example")
+            validation.append(dict(step=step, train_seconds=train_seconds, **result))
+            if result["log_px"] > best["log_px"]:
+                best = {"log_px": result["log_px"], "step": step, "params": backend.params()}
+    bar.close()
+    # Best-validation parameters on the test set, as the reference protocol does.
+    backend.load(spec, best["params"], dataset.train)
+    test = evaluate_split(backend, test_x, spec.eval_k)
+    test_elbo, test_log_px = test.pop("per_example")
+    np.savez(out_dir / "test_per_example.npz", elbo=test_elbo, log_px=test_log_px)
+    save_params(out_dir / "params.safetensors", best["params"])
+    timing = steady_state(window_steps, window_seconds, spec.batch_size)
+    flops = train_flops_per_example(spec)
+    return dict(
+        status="ok", backend=backend_name, family=spec.variational, spec=spec.to_dict(),
+        test=test, best_step=best["step"], validation=validation, train_curve=curve,
+        timing=dict(timing, train_seconds=train_seconds, window_steps=window,
+                    wall_seconds=time.perf_counter() - started),
+        flops=dict(train_per_example=flops, eval_per_sample=eval_flops_per_sample(spec),
+                   train_flop_per_s=flops * timing["examples_per_s"]),
+        versions=package_versions(backend_name))
+
+
+def save_params(path: Path, params: dict[str, np.ndarray]) -> None:
+    from safetensors.numpy import save_file
+
+    save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in params.items()}, str(path))
+
+
+def load_params(path: Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    return load_file(str(path))
+
+
+def main(argv: list[str]) -> int:
+    config = json.loads(Path(argv[1]).read_text())
+    out_dir = Path(config["out_dir"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    spec = Spec.from_dict(config["spec"])
+    try:
+        dataset = data.load(config.get("data_dir"))
+        metrics = train_and_evaluate(config["backend"], spec, dataset, out_dir)
+        code = 0
+    except backends.BackendUnavailable as e:
+        metrics, code = dict(status="unavailable", error=str(e)), 3
+    except Exception as e:  # noqa: BLE001 -- recorded, shown in the table; the other backends go on
+        traceback.print_exc()
+        metrics, code = dict(status="failed", error=f"{type(e).__name__}: {e}"), 1
+    metrics.setdefault("backend", config["backend"])
+    metrics.setdefault("family", spec.variational)
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
+    if code:
+        print(f"error: {config['backend']} {spec.variational}: {metrics['error']}", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

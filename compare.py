@@ -1,0 +1,254 @@
+"""Train the same VAE in PyTorch, JAX and TensorFlow and compare them side by side.
+
+  python compare.py --backends torch,jax,tensorflow --preset smoke
+  python compare.py --backends torch,jax --variational mean-field,iaf --preset quick
+  python compare.py report results/<run>      # rebuild results.md / results.csv from results.json
+
+Each backend and family runs in its own process (common/worker.py), one after another so
+that none competes with another for the cores; the results land in results/<run>/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.util
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import backends
+from common import data, report
+from common.metrics import paired_difference
+from common.spec import FAMILIES, PRESETS, Spec
+
+ROOT = Path(__file__).resolve().parent
+FRAMEWORK_MODULE = {"torch": "torch", "jax": "flax", "tensorflow": "tensorflow"}
+SPEC_FLAGS = {  # flag -> (Spec field, type, help)
+    "--hidden-size": ("hidden_size", int, "width H of every hidden layer (default 512)"),
+    "--latent-size": ("latent_size", int, "latent size L (default 128)"),
+    "--flow-steps": ("flow_steps", int, "IAF steps T (default 2)"),
+    "--batch-size": ("batch_size", int, "examples per step (default 128)"),
+    "--learning-rate": ("learning_rate", float, "RMSprop learning rate (default 1e-3)"),
+    "--steps": ("steps", int, "training steps"),
+    "--eval-every": ("eval_every", int, "validate every this many steps"),
+    "--eval-k": ("eval_k", int, "importance samples K for log p(x)"),
+    "--valid-examples": ("valid_examples", int, "validation examples used for model selection"),
+    "--test-examples": ("test_examples", int, "test examples evaluated"),
+    "--seed": ("seed", int, "seed of the initial parameters, batch order and noise (default 0)"),
+    "--dtype": ("dtype", str, "float32 (default) or float64"),
+}
+
+
+class UsageError(Exception):
+    """Bad input: printed as one line, exit status 2, nothing written."""
+
+
+def run_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="compare.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backends", default="torch,jax,tensorflow",
+                        help="comma-separated subset of torch, jax, tensorflow (tf) [%(default)s]")
+    parser.add_argument("--variational", default="mean-field",
+                        help="posterior family: mean-field, iaf, or both comma-separated [%(default)s]")
+    parser.add_argument("--preset", default="quick", choices=sorted(PRESETS),
+                        help="smoke: ~1 min per backend; quick: a few minutes; paper: the reference "
+                             "protocol (30,000 steps, K = 1000) [%(default)s]")
+    for flag, (_, kind, text) in SPEC_FLAGS.items():
+        parser.add_argument(flag, type=kind, help=text + "; overrides the preset")
+    parser.add_argument("--data-dir", help="folder with binarized_mnist_{train,valid,test}.amat[.gz] "
+                        f"(else ${data.DIR_ENV}, else the download cache)")
+    parser.add_argument("--out", help="results folder [results/<date>-<preset>]")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing results folder")
+    return parser
+
+
+def build_specs(args: argparse.Namespace) -> list[Spec]:
+    families = [f.strip() for f in args.variational.split(",") if f.strip()]
+    unknown = [f for f in families if f not in FAMILIES]
+    if unknown or not families:
+        raise UsageError(f"unknown variational family {unknown[0] if unknown else ''!r}; "
+                         f"choose from {', '.join(FAMILIES)}")
+    overrides = dict(PRESETS[args.preset])
+    for flag, (field, _, _) in SPEC_FLAGS.items():
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is not None:
+            overrides[field] = value
+    try:
+        specs = [Spec(variational=f, **overrides) for f in families]
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    if specs[0].batch_size > data.SPLIT_SIZES["train"]:
+        raise UsageError(f"batch-size {specs[0].batch_size} exceeds the "
+                         f"{data.SPLIT_SIZES['train']:,} training examples")
+    for name, split in (("valid_examples", "valid"), ("test_examples", "test")):
+        if getattr(specs[0], name) > data.SPLIT_SIZES[split]:
+            raise UsageError(f"{name.replace('_', '-')} {getattr(specs[0], name)} exceeds the "
+                             f"{data.SPLIT_SIZES[split]:,} {split} examples")
+    return specs
+
+
+def parse_backends(text: str) -> list[str]:
+    try:
+        names = [backends.canonical_name(n) for n in text.split(",") if n.strip()]
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    if not names:
+        raise UsageError("--backends is empty; choose from torch, jax, tensorflow")
+    return list(dict.fromkeys(names))
+
+
+def git_commit() -> str:
+    def git(*cmd: str) -> str:
+        return subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    try:
+        commit = git("rev-parse", "--short", "HEAD") or "unknown"
+        return commit + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+    except OSError:
+        return "unknown"
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment() -> dict:
+    return dict(python=platform.python_version(), platform=platform.platform(), cpu=cpu_model(),
+                cpu_count=os.cpu_count(), git_commit=git_commit(), gpu="none")
+
+
+def run_worker(backend: str, spec: Spec, out_dir: Path, data_dir: str | None) -> dict:
+    """One backend and family in a child process; its output is shown and kept in log.txt."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config = out_dir / "config.json"
+    config.write_text(json.dumps(dict(backend=backend, spec=spec.to_dict(), out_dir=str(out_dir),
+                                      data_dir=data_dir), indent=2))
+    log_path = out_dir / "log.txt"
+    with log_path.open("wb") as log:
+        child = subprocess.Popen([sys.executable, "-m", "common.worker", str(config)], cwd=ROOT,
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            while chunk := os.read(child.stdout.fileno(), 4096):
+                sys.stderr.buffer.write(chunk)
+                sys.stderr.flush()
+                log.write(chunk)
+            child.wait()
+        except BaseException:
+            child.kill()
+            child.wait()
+            raise
+    metrics_path = out_dir / "metrics.json"
+    if metrics_path.exists():
+        metrics = json.loads(metrics_path.read_text())
+    else:
+        metrics = dict(backend=backend, family=spec.variational, status="failed",
+                       error=f"process ended with status {child.returncode} before writing metrics")
+    if metrics["status"] != "ok":
+        metrics["log"] = str(log_path.relative_to(ROOT) if log_path.is_relative_to(ROOT) else log_path)
+    return metrics
+
+
+def per_example(run_dir: Path, run: dict):
+    import numpy as np
+
+    return np.load(run_dir / f"{run['backend']}-{run['family']}" / "test_per_example.npz")
+
+
+def paired(runs: list[dict], run_dir: Path) -> list[dict]:
+    """Each backend against the first successful one of its family, over the same test examples."""
+    out = []
+    for family in dict.fromkeys(r["family"] for r in runs):
+        ok = [r for r in runs if r["family"] == family and r["status"] == "ok"]
+        if len(ok) < 2:
+            continue
+        base = per_example(run_dir, ok[0])
+        for r in ok[1:]:
+            other = per_example(run_dir, r)
+            d_log_px, se_log_px = paired_difference(other["log_px"], base["log_px"])
+            d_elbo, se_elbo = paired_difference(other["elbo"], base["elbo"])
+            out.append(dict(family=family, backend=r["backend"], versus=ok[0]["backend"],
+                            log_px_diff=d_log_px, log_px_diff_se=se_log_px,
+                            elbo_diff=d_elbo, elbo_diff_se=se_elbo))
+    return out
+
+
+def assemble(run_dir: Path, specs: list[Spec], runs: list[dict], argv: list[str],
+             started: datetime.datetime) -> dict:
+    return dict(run=run_dir.name, command="python compare.py " + shlex.join(argv),
+                created=started.isoformat(timespec="seconds"), spec=specs[0].to_dict(),
+                families=[s.variational for s in specs], environment=environment(),
+                runs=runs, paired=paired(runs, run_dir))
+
+
+def command_run(argv: list[str]) -> int:
+    args = run_parser().parse_args(argv)
+    specs = build_specs(args)
+    names = parse_backends(args.backends)
+    started = datetime.datetime.now().astimezone()
+    run_dir = Path(args.out) if args.out else ROOT / "results" / f"{started:%Y-%m-%d}-{args.preset}"
+    if run_dir.exists() and any(run_dir.iterdir()) and not args.overwrite:
+        raise UsageError(f"{run_dir} already exists; pass --out NEW_FOLDER, or --overwrite to replace it")
+    try:
+        data.load(args.data_dir)  # fail here, once, with a clear message, before any child starts
+    except data.DataError as e:
+        raise UsageError(str(e)) from e
+    run_dir.mkdir(parents=True, exist_ok=True)
+    runs: list[dict] = []
+    try:
+        for spec in specs:
+            for name in names:
+                if importlib.util.find_spec(FRAMEWORK_MODULE[name]) is None:
+                    runs.append(dict(backend=name, family=spec.variational, status="unavailable",
+                                     error=f"not installed: pip install {backends.PACKAGES[name]}"))
+                    print(f"skipping {name}: {runs[-1]['error']}", file=sys.stderr)
+                    continue
+                runs.append(run_worker(name, spec, run_dir / f"{name}-{spec.variational}", args.data_dir))
+    except KeyboardInterrupt:
+        print("\ninterrupted: writing the results completed so far", file=sys.stderr)
+        results = assemble(run_dir, specs, runs, argv, started)
+        report.write_all(run_dir, results)
+        print(report.text_table(results) if runs else "no backend finished")
+        return 130
+    results = assemble(run_dir, specs, runs, argv, started)
+    report.write_all(run_dir, results)
+    print()
+    print(report.text_table(results))
+    print(f"\nwrote {run_dir}/results.json, results.md, results.csv")
+    return 0 if all(r["status"] == "ok" for r in runs) else 1
+
+
+def command_report(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="compare.py report",
+                                     description="Rebuild results.md and results.csv from results.json.")
+    parser.add_argument("run_dir", type=Path, help="a results/<run> folder holding results.json")
+    args = parser.parse_args(argv)
+    if not (args.run_dir / "results.json").exists():
+        raise UsageError(f"{args.run_dir / 'results.json'} not found; give a results/<run> folder")
+    results = report.regenerate(args.run_dir)
+    print(report.text_table(results))
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    commands = {"report": command_report}
+    try:
+        if argv and argv[0] in commands:
+            return commands[argv[0]](argv[1:])
+        return command_run(argv)
+    except UsageError as e:
+        print(f"compare.py: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
