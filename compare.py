@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 import backends
-from common import data, report
+from common import data, peak, report
 from common.metrics import paired_difference
 from common.spec import FAMILIES, PRESETS, Spec
 
@@ -183,11 +183,11 @@ def paired(runs: list[dict], run_dir: Path) -> list[dict]:
 
 
 def assemble(run_dir: Path, specs: list[Spec], runs: list[dict], argv: list[str],
-             started: datetime.datetime) -> dict:
+             started: datetime.datetime, machine_peak: dict) -> dict:
     return dict(run=run_dir.name, command="python compare.py " + shlex.join(argv),
                 created=started.isoformat(timespec="seconds"), spec=specs[0].to_dict(),
                 families=[s.variational for s in specs], environment=environment(),
-                runs=runs, paired=paired(runs, run_dir))
+                peak=machine_peak, runs=runs, paired=paired(runs, run_dir))
 
 
 def command_run(argv: list[str]) -> int:
@@ -203,6 +203,10 @@ def command_run(argv: list[str]) -> int:
     except data.DataError as e:
         raise UsageError(str(e)) from e
     run_dir.mkdir(parents=True, exist_ok=True)
+    print("measuring this machine's float32 matmul peak ...", file=sys.stderr)
+    machine_peak = peak.measure(specs[0])
+    print(f"peak: {machine_peak['square_4096_flop_per_s'] / 1e9:.0f} GFLOP/s (4096² GEMM), "
+          f"{machine_peak['model_shapes_flop_per_s'] / 1e9:.0f} GFLOP/s (the model's GEMMs)", file=sys.stderr)
     runs: list[dict] = []
     try:
         for spec in specs:
@@ -215,11 +219,11 @@ def command_run(argv: list[str]) -> int:
                 runs.append(run_worker(name, spec, run_dir / f"{name}-{spec.variational}", args.data_dir))
     except KeyboardInterrupt:
         print("\ninterrupted: writing the results completed so far", file=sys.stderr)
-        results = assemble(run_dir, specs, runs, argv, started)
+        results = assemble(run_dir, specs, runs, argv, started, machine_peak)
         report.write_all(run_dir, results)
         print(report.text_table(results) if runs else "no backend finished")
         return 130
-    results = assemble(run_dir, specs, runs, argv, started)
+    results = assemble(run_dir, specs, runs, argv, started, machine_peak)
     report.write_all(run_dir, results)
     print()
     print(report.text_table(results))

@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 
 COLUMNS = ["family", "backend", "test ELBO", "test log p(x)", "Δ log p(x) (paired)",
-           "train ex/s", "warm-up s", "eval samples/s", "wall s", "status"]
+           "train ex/s", "train % peak", "warm-up s", "eval samples/s", "eval % peak", "wall s", "status"]
 
 
 def pm(mean: float, se: float, digits: int = 2) -> str:
@@ -20,6 +20,11 @@ def number(x: float | None, digits: int = 0) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "–"
     return f"{x:,.{digits}f}"
+
+
+def percent_of_peak(flop_per_s: float, results: dict) -> str:
+    peak = results.get("peak", {}).get("square_4096_flop_per_s")
+    return f"{100 * flop_per_s / peak:.0f}%" if peak else "–"
 
 
 def rows(results: dict) -> list[dict[str, str]]:
@@ -37,6 +42,8 @@ def rows(results: dict) -> list[dict[str, str]]:
                 "Δ log p(x) (paired)": (pm(p["log_px_diff"], p["log_px_diff_se"]) + f" vs {p['versus']}"
                                         if p else "reference"),
                 "train ex/s": number(timing["examples_per_s"]),
+                "train % peak": percent_of_peak(run["flops"]["train_flop_per_s"], results),
+                "eval % peak": percent_of_peak(test["samples_per_s"] * run["flops"]["eval_per_sample"], results),
                 "warm-up s": number(timing["warmup_s"], 1),
                 "eval samples/s": number(test["samples_per_s"]),
                 "wall s": number(timing["wall_seconds"], 0),
@@ -80,11 +87,22 @@ def markdown(results: dict) -> str:
         "per-example difference from the first backend of the same family on the same test "
         "images, ± its standard error. Train ex/s: median over timing windows of "
         f"{results['runs'][0].get('timing', {}).get('window_steps', '–')} steps after the first; "
-        "warm-up: the first window's time beyond steady state (compilation).", "",
+        "warm-up: the first window's time beyond steady state (compilation). % peak: the model's "
+        "matmul FLOPs (common/metrics.py) at that rate over this machine's float32 peak, measured at "
+        f"the start of the run: {peak_text(results)}.", "",
         f"Machine: {env['cpu']}, {env['cpu_count']} cores, {env['platform']}. "
         f"Date {results['created']}, commit {env['git_commit']}.", "",
         "Versions: " + ", ".join(versions) + ".", "",
     ])
+
+
+def peak_text(results: dict) -> str:
+    p = results.get("peak")
+    if not p:
+        return "not measured"
+    return (f"{p['square_4096_flop_per_s'] / 1e9:.0f} GFLOP/s for a 4096² GEMM, "
+            f"{p['model_shapes_flop_per_s'] / 1e9:.0f} GFLOP/s for the model's GEMMs at its batch size "
+            f"({p['library']})")
 
 
 def write_csv(results: dict, path: Path) -> None:
