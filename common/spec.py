@@ -74,9 +74,9 @@ class Spec:
 # Presets override the defaults; explicit flags override presets.
 PRESETS: dict[str, dict] = {
     # about a minute per backend and family on a 2-core CPU
-    "smoke": dict(steps=400, eval_every=400, eval_k=100, valid_examples=500, test_examples=1000),
-    # a few minutes per backend and family
-    "quick": dict(steps=4000, eval_every=2000, eval_k=200, valid_examples=2000, test_examples=10_000),
+    "smoke": dict(steps=2000, eval_every=1000, eval_k=100, valid_examples=500, test_examples=1000),
+    # a few minutes per backend (both families)
+    "quick": dict(steps=5000, eval_every=2500, eval_k=200, valid_examples=2000, test_examples=10_000),
     # the reference protocol
     "paper": dict(steps=30_000, eval_every=10_000, eval_k=1000, valid_examples=10_000,
                   test_examples=10_000),
