@@ -20,6 +20,9 @@ The contract (every array crossing it is NumPy; names and layouts are canonical,
             # log p(x) = logsumexp_k(log p(x, z_k) - log q(z_k|x)) - log K, both (N,) float64.
         def elbo_and_grads(self, x, noise) -> (elbo, grads)
             # noise (B, L); per-example ELBO (B,) and d(sum ELBO)/d param for every canonical name.
+        def preview_noise(self, steps) -> np.ndarray
+            # (steps, B, L): the eps the next fast-mode train() call of that many steps will draw,
+            # without drawing it; lets a test prove fast mode and parity mode are one function.
         def params(self) -> dict[str, np.ndarray]
             # canonical names and layout, in spec.dtype.
         def optimizer_state(self) -> dict[str, dict[str, np.ndarray]]

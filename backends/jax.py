@@ -24,7 +24,7 @@ from common.init import check_params, made_masks
 from common.spec import Spec
 
 HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)  # a Python float, so it never promotes float32
-EVAL_SAMPLES_PER_CHUNK = 32_768  # chunk_examples * K per evaluation call: bounded memory, full BLAS
+EVAL_SAMPLES_PER_CHUNK = 2048  # chunk_examples * K per call: intermediates stay in cache (measured ~1.3x 32768)
 
 PyTree = Any
 
@@ -238,6 +238,12 @@ class Backend:
         self._params, self._opt_state, mean_elbo = step(
             self._params, self._opt_state, self._train_x, batch_indices, noise_inputs)
         return float(mean_elbo)
+
+    def preview_noise(self, steps: int) -> np.ndarray:
+        _, chunk_key = jax.random.split(self._train_key)  # as train() splits it
+        shape = (self.spec.batch_size, self.spec.latent_size)
+        return np.stack([np.asarray(jax.random.normal(key, shape, self.dtype))
+                         for key in jax.random.split(chunk_key, steps)])
 
     def evaluate(self, x: np.ndarray, k: int,
                  noise: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -39,6 +39,27 @@ def steady_state(window_steps: list[int], window_seconds: list[float], batch_siz
             "windows": len(rates), "examples_per_s_all_windows": rates}
 
 
+def cpu_times() -> dict[str, int] | None:
+    """Cumulative CPU ticks from /proc/stat (Linux), or None elsewhere."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()[1:]
+    except OSError:
+        return None
+    names = ["user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal"]
+    return {n: int(v) for n, v in zip(names, fields, strict=False)}
+
+
+def steal_fraction(before: dict | None, after: dict | None) -> float | None:
+    """Share of CPU time the hypervisor gave to other machines between two cpu_times() readings:
+    on a shared host, throughput measured while this is high is not the machine's own."""
+    if not before or not after:
+        return None
+    delta = {k: after[k] - before[k] for k in before}
+    total = sum(delta.values())
+    return delta.get("steal", 0) / total if total else None
+
+
 def train_flops_per_example(spec: Spec) -> float:
     """Matmul FLOPs of one training example: forward 2*m*n per layer, backward 4*m*n (2*m*n for
     the first encoder layer, which needs no gradient with respect to its input x)."""

@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 
 COLUMNS = ["family", "backend", "test ELBO", "test log p(x)", "Δ log p(x) (paired)",
-           "train ex/s", "train % peak", "warm-up s", "eval samples/s", "eval % peak", "wall s", "status"]
+           "train ex/s", "train % peak", "CPU steal", "warm-up s", "eval samples/s", "eval % peak", "wall s", "status"]
 
 
 def pm(mean: float, se: float, digits: int = 2) -> str:
@@ -45,6 +45,8 @@ def rows(results: dict) -> list[dict[str, str]]:
                 "train % peak": percent_of_peak(run["flops"]["train_flop_per_s"], results),
                 "eval % peak": percent_of_peak(test["samples_per_s"] * run["flops"]["eval_per_sample"], results),
                 "warm-up s": number(timing["warmup_s"], 1),
+                "CPU steal": (f"{100 * timing['cpu_steal_fraction']:.0f}%"
+                              if timing.get("cpu_steal_fraction") is not None else "–"),
                 "eval samples/s": number(test["samples_per_s"]),
                 "wall s": number(timing["wall_seconds"], 0),
             })
@@ -89,7 +91,9 @@ def markdown(results: dict) -> str:
         f"{results['runs'][0].get('timing', {}).get('window_steps', '–')} steps after the first; "
         "warm-up: the first window's time beyond steady state (compilation). % peak: the model's "
         "matmul FLOPs (common/metrics.py) at that rate over this machine's float32 peak, measured at "
-        f"the start of the run: {peak_text(results)}.", "",
+        f"the start of the run: {peak_text(results)}. CPU steal: the median share of CPU time the "
+        "hypervisor gave to other machines during the timing windows (/proc/stat); where it is high, "
+        "the throughput figures understate the backend.", "",
         f"Machine: {env['cpu']}, {env['cpu_count']} cores, {env['platform']}. "
         f"Date {results['created']}, commit {env['git_commit']}.", "",
         "Versions: " + ", ".join(versions) + ".", "",

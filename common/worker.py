@@ -24,7 +24,14 @@ import numpy as np
 import backends
 from common import data
 from common.init import init_params
-from common.metrics import eval_flops_per_sample, mean_and_se, steady_state, train_flops_per_example
+from common.metrics import (
+    cpu_times,
+    eval_flops_per_sample,
+    mean_and_se,
+    steady_state,
+    steal_fraction,
+    train_flops_per_example,
+)
 from common.spec import Spec
 
 TIMING_WINDOW = 100  # steps per train() call: one host sync, one progress update, one timing sample
@@ -76,13 +83,14 @@ def train_and_evaluate(backend_name: str, spec: Spec, dataset: data.Dataset, out
     window = window_size(spec)
     curve, validation, window_steps, window_seconds = [], [], [], []
     best = {"log_px": -np.inf, "step": 0, "params": initial}
-    train_seconds = 0.0
+    train_seconds, steal_ticks = 0.0, []
     bar = progress_bar(spec.steps, f"{backend_name} {spec.variational}")
     for start in range(0, spec.steps, window):
         indices = data.batch_indices(len(dataset.train), spec.batch_size, spec.seed, start, start + window)
-        t0 = time.perf_counter()
+        ticks, t0 = cpu_times(), time.perf_counter()
         train_elbo = backend.train(indices)
         seconds = time.perf_counter() - t0
+        steal_ticks.append(steal_fraction(ticks, cpu_times()))
         step = start + window
         if not math.isfinite(train_elbo):
             raise NonFiniteLoss(f"training ELBO became {train_elbo} in steps {start + 1}..{step}; "
@@ -113,6 +121,7 @@ def train_and_evaluate(backend_name: str, spec: Spec, dataset: data.Dataset, out
         status="ok", backend=backend_name, family=spec.variational, spec=spec.to_dict(),
         test=test, best_step=best["step"], validation=validation, train_curve=curve,
         timing=dict(timing, train_seconds=train_seconds, window_steps=window,
+                    cpu_steal_fraction=float(np.median(steal_ticks)) if None not in steal_ticks else None,
                     wall_seconds=time.perf_counter() - started),
         flops=dict(train_per_example=flops, eval_per_sample=eval_flops_per_sample(spec),
                    train_flop_per_s=flops * timing["examples_per_s"]),

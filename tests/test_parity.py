@@ -120,12 +120,9 @@ def test_float32_matches_reference(name, family, rng):
     assert_close(log_px, reference.evaluate(spec, params, x, k_eps)[1], 1e-5, "float32 log p(x)")
 
 
-@pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("name", BACKENDS)
-def test_masked_kernel_entries_get_no_gradient(name, family, rng):
-    if family != "iaf":
-        pytest.skip("only the IAF has masks")
-    spec = Spec(variational=family, dtype="float64", **SMALL)
+def test_masked_kernel_entries_get_no_gradient(name, rng):
+    spec = Spec(variational="iaf", dtype="float64", **SMALL)
     params = perturbed_params(spec, rng)
     x = binary(rng, 8)
     _, grads = make(name, spec, params, x).elbo_and_grads(x, rng.standard_normal((8, spec.latent_size)))
@@ -173,3 +170,22 @@ def test_training_parity_detects_other_init_or_batch_order(rng):
     other_order, _, _ = reference.train(spec, init_params(spec), train_x, indices[::-1], noise)
     for other in (other_seed, other_order):
         assert max(np.abs(base[k] - other[k]).max() / np.abs(base[k]).max() for k in base) > 1e-4
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("name", BACKENDS)
+def test_fast_mode_is_the_parity_step_with_its_own_noise(name, family, rng):
+    """Fast mode (noise drawn on the device, compiled loop) and parity mode (noise passed in)
+    compute one function: fed the noise fast mode draws, parity mode ends at the same point."""
+    spec = Spec(variational=family, dtype="float64", **SMALL)
+    params, train_x = init_params(spec), binary(rng, 300)
+    indices = rng.integers(0, len(train_x), size=(5, spec.batch_size))
+    fast = make(name, spec, params, train_x)
+    noise = fast.preview_noise(5)
+    fast_elbo = fast.train(indices)
+    parity = make(name, spec, params, train_x)
+    assert parity.train(indices, noise) == pytest.approx(fast_elbo, rel=1e-12)
+    fast_params, parity_params = fast.params(), parity.params()
+    for k in params:
+        assert_close(fast_params[k], parity_params[k], 1e-12, k)
+    assert not np.allclose(fast.preview_noise(5), noise)  # the stream moved on
