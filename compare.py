@@ -199,7 +199,7 @@ def command_run(argv: list[str]) -> int:
     if run_dir.exists() and any(run_dir.iterdir()) and not args.overwrite:
         raise UsageError(f"{run_dir} already exists; pass --out NEW_FOLDER, or --overwrite to replace it")
     try:
-        data.load(args.data_dir)  # fail here, once, with a clear message, before any child starts
+        dataset = data.load(args.data_dir)  # fail here, once, with a clear message, before any child starts
     except data.DataError as e:
         raise UsageError(str(e)) from e
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -220,11 +220,11 @@ def command_run(argv: list[str]) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted: writing the results completed so far", file=sys.stderr)
         results = assemble(run_dir, specs, runs, argv, started, machine_peak)
-        report.write_all(run_dir, results)
+        report.write_all(run_dir, results, dataset.test)
         print(report.text_table(results) if runs else "no backend finished")
         return 130
     results = assemble(run_dir, specs, runs, argv, started, machine_peak)
-    report.write_all(run_dir, results)
+    report.write_all(run_dir, results, dataset.test)
     print()
     print(report.text_table(results))
     print(f"\nwrote {run_dir}/results.json, results.md, results.csv")
@@ -235,10 +235,17 @@ def command_report(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="compare.py report",
                                      description="Rebuild results.md and results.csv from results.json.")
     parser.add_argument("run_dir", type=Path, help="a results/<run> folder holding results.json")
+    parser.add_argument("--data-dir", help="binarized MNIST folder, for the images of test digits "
+                        f"(else ${data.DIR_ENV}, else the download cache)")
     args = parser.parse_args(argv)
     if not (args.run_dir / "results.json").exists():
         raise UsageError(f"{args.run_dir / 'results.json'} not found; give a results/<run> folder")
-    results = report.regenerate(args.run_dir)
+    try:
+        test_x = data.load_split("test", args.data_dir)[0]
+    except data.DataError as e:
+        print(f"compare.py report: no test images ({e}); the image figures are skipped", file=sys.stderr)
+        test_x = None
+    results = report.regenerate(args.run_dir, test_x)
     print(report.text_table(results))
     return 0
 

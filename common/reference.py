@@ -86,6 +86,19 @@ class Model:
         return dict(elbo=log_p_x_given_z + log_p_z - log_q, log_p_x_given_z=log_p_x_given_z,
                     log_p_z=log_p_z, log_q_z=log_q, z=z)
 
+    def decode(self, z: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Bernoulli logits of p(x|z), and the hidden activations (for decode_backward)."""
+        d0 = relu(self.dense("decoder.l0", z))
+        d1 = relu(self.dense("decoder.l1", d0))
+        return self.dense("decoder.l2", d1), [d0, d1]
+
+    def decode_backward(self, hidden: list[np.ndarray], d_logits: np.ndarray) -> np.ndarray:
+        """d/dz through the decoder, parameters fixed."""
+        d0, d1 = hidden
+        d_d1 = d_logits @ self.w["decoder.l2.kernel"].T * (d1 > 0)
+        d_d0 = d_d1 @ self.w["decoder.l1.kernel"].T * (d0 > 0)
+        return d_d0 @ self.w["decoder.l0.kernel"].T
+
     def dense_backward(self, name: str, a_in: np.ndarray, d_out: np.ndarray,
                        grads: dict[str, np.ndarray]) -> np.ndarray:
         """Accumulate d kernel, d bias of `name`; return d a_in."""

@@ -1,5 +1,5 @@
-"""results.json -> results.md, results.csv and the printed table. Re-runnable alone:
-`python compare.py report results/<run>` rebuilds everything here from results.json."""
+"""results.json -> results.md, results.csv, the figures and the printed table. Re-runnable alone:
+`python compare.py report results/<run>` rebuilds everything here from the run's folder."""
 
 from __future__ import annotations
 
@@ -72,7 +72,43 @@ def markdown_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def markdown(results: dict) -> str:
+FIGURE_CAPTIONS = {
+    "learning_curves.png": "Learning curves: validation ELBO and log p(x), and the training ELBO, "
+                           "against step and against training wall-clock seconds",
+    "throughput.png": "Training throughput, with the fraction of the machine's matmul peak",
+    "samples.png": "Samples from the prior",
+    "reconstructions.png": "Reconstructions of test digits",
+    "interpolation.png": "Interpolation between two test digits in latent space",
+    "inpainting.png": "Inpainting: bottom halves from top halves",
+    "manifold.png": "The learned 2-D latent manifold",
+}
+
+
+def figures_markdown(figures: list[str]) -> list[str]:
+    if not figures:
+        return []
+    lines = ["## Figures", "",
+             "Images are drawn from each backend's best-validation parameters with the NumPy reference model "
+             "and one fixed seed, so the same z's and noise are used for every backend.", ""]
+    for name in figures:
+        lines += [f"**{FIGURE_CAPTIONS.get(name, name)}**", "", f"![{name}]({name})", ""]
+    return lines
+
+
+def seeds_markdown(results: dict) -> list[str]:
+    summary = results.get("across_seeds")
+    if not summary:
+        return []
+    lines = ["## Across seeds", "", f"Mean ± standard deviation over {results['seeds']} seeds "
+             "(each seed: its own initial parameters, batch order and noise).", "",
+             "| family | backend | seeds | test ELBO | test log p(x) | train ex/s |", "|---|---|---|---|---|---|"]
+    for s in summary:
+        lines.append(f"| {s['family']} | {s['backend']} | {s['n']} | {pm(s['elbo_mean'], s['elbo_std'])} | "
+                     f"{pm(s['log_px_mean'], s['log_px_std'])} | {number(s['examples_per_s_mean'])} |")
+    return lines + [""]
+
+
+def markdown(results: dict, figures: list[str] | None = None) -> str:
     spec, env = results["spec"], results["environment"]
     setting = (f"H = {spec['hidden_size']}, L = {spec['latent_size']}, batch {spec['batch_size']}, "
                f"{spec['steps']:,} steps, centered RMSprop lr {spec['learning_rate']}, "
@@ -97,6 +133,8 @@ def markdown(results: dict) -> str:
         f"Machine: {env['cpu']}, {env['cpu_count']} cores, {env['platform']}. "
         f"Date {results['created']}, commit {env['git_commit']}.", "",
         "Versions: " + ", ".join(versions) + ".", "",
+        *seeds_markdown(results),
+        *figures_markdown(figures or []),
     ])
 
 
@@ -116,14 +154,17 @@ def write_csv(results: dict, path: Path) -> None:
         writer.writerows(rows(results))
 
 
-def write_all(run_dir: Path, results: dict) -> None:
+def write_all(run_dir: Path, results: dict, test_x=None) -> None:
+    """results.json, then everything generated from it (test_x: test images for the image figures)."""
     (run_dir / "results.json").write_text(json.dumps(results, indent=2, default=float))
-    (run_dir / "results.md").write_text(markdown(results))
-    write_csv(results, run_dir / "results.csv")
+    regenerate(run_dir, test_x)
 
 
-def regenerate(run_dir: Path) -> dict:
+def regenerate(run_dir: Path, test_x=None) -> dict:
+    from common import figures
+
     results = json.loads((run_dir / "results.json").read_text())
-    (run_dir / "results.md").write_text(markdown(results))
+    written = figures.save_all(run_dir, results, test_x)
+    (run_dir / "results.md").write_text(markdown(results, written))
     write_csv(results, run_dir / "results.csv")
     return results
