@@ -60,6 +60,9 @@ def run_parser() -> argparse.ArgumentParser:
                              "protocol (30,000 steps, K = 1000) [%(default)s]")
     for flag, (_, kind, text) in SPEC_FLAGS.items():
         parser.add_argument(flag, type=kind, help=text + "; overrides the preset")
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="repeat the whole comparison over this many seeds (seed, seed+1, ...) and report "
+                             "mean ± std across seeds [%(default)s]")
     parser.add_argument("--data-dir", help="folder with binarized_mnist_{train,valid,test}.amat[.gz] "
                         f"(else ${data.DIR_ENV}, else the download cache)")
     parser.add_argument("--out", help="results folder [results/<date>-<preset>]")
@@ -78,10 +81,13 @@ def build_specs(args: argparse.Namespace) -> list[Spec]:
         value = getattr(args, flag[2:].replace("-", "_"))
         if value is not None:
             overrides[field] = value
+    if args.seeds < 1:
+        raise UsageError(f"seeds must be positive, got {args.seeds}")
     try:
         specs = [Spec(variational=f, **overrides) for f in families]
     except ValueError as e:
         raise UsageError(str(e)) from e
+    specs = [s.replace(seed=s.seed + i) for i in range(args.seeds) for s in specs]
     if specs[0].batch_size > data.SPLIT_SIZES["train"]:
         raise UsageError(f"batch-size {specs[0].batch_size} exceeds the "
                          f"{data.SPLIT_SIZES['train']:,} training examples")
@@ -127,6 +133,10 @@ def environment() -> dict:
                 cpu_count=os.cpu_count(), git_commit=git_commit(), gpu="none")
 
 
+def folder_name(backend: str, spec: Spec, seeds: int) -> str:
+    return f"{backend}-{spec.variational}" + (f"-seed{spec.seed}" if seeds > 1 else "")
+
+
 def run_worker(backend: str, spec: Spec, out_dir: Path, data_dir: str | None) -> dict:
     """One backend and family in a child process; its output is shown and kept in log.txt."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -153,6 +163,7 @@ def run_worker(backend: str, spec: Spec, out_dir: Path, data_dir: str | None) ->
     else:
         metrics = dict(backend=backend, family=spec.variational, status="failed",
                        error=f"process ended with status {child.returncode} before writing metrics")
+    metrics.update(folder=out_dir.name, seed=spec.seed)
     if metrics["status"] != "ok":
         metrics["log"] = str(log_path.relative_to(ROOT) if log_path.is_relative_to(ROOT) else log_path)
     return metrics
@@ -161,14 +172,14 @@ def run_worker(backend: str, spec: Spec, out_dir: Path, data_dir: str | None) ->
 def per_example(run_dir: Path, run: dict):
     import numpy as np
 
-    return np.load(run_dir / f"{run['backend']}-{run['family']}" / "test_per_example.npz")
+    return np.load(run_dir / run.get("folder", f"{run['backend']}-{run['family']}") / "test_per_example.npz")
 
 
 def paired(runs: list[dict], run_dir: Path) -> list[dict]:
-    """Each backend against the first successful one of its family, over the same test examples."""
+    """Each backend against the first successful one of its family and seed, over the same test examples."""
     out = []
-    for family in dict.fromkeys(r["family"] for r in runs):
-        ok = [r for r in runs if r["family"] == family and r["status"] == "ok"]
+    for family, seed in dict.fromkeys((r["family"], r.get("seed")) for r in runs):
+        ok = [r for r in runs if r["family"] == family and r.get("seed") == seed and r["status"] == "ok"]
         if len(ok) < 2:
             continue
         base = per_example(run_dir, ok[0])
@@ -176,18 +187,39 @@ def paired(runs: list[dict], run_dir: Path) -> list[dict]:
             other = per_example(run_dir, r)
             d_log_px, se_log_px = paired_difference(other["log_px"], base["log_px"])
             d_elbo, se_elbo = paired_difference(other["elbo"], base["elbo"])
-            out.append(dict(family=family, backend=r["backend"], versus=ok[0]["backend"],
+            out.append(dict(family=family, seed=seed, backend=r["backend"], versus=ok[0]["backend"],
                             log_px_diff=d_log_px, log_px_diff_se=se_log_px,
                             elbo_diff=d_elbo, elbo_diff_se=se_elbo))
     return out
 
 
+def across_seeds(runs: list[dict]) -> list[dict]:
+    """Per backend and family: mean and standard deviation over seeds of the test figures."""
+    import numpy as np
+
+    out = []
+    for family, backend in dict.fromkeys((r["family"], r["backend"]) for r in runs):
+        ok = [r for r in runs if (r["family"], r["backend"]) == (family, backend) and r["status"] == "ok"]
+        if not ok:
+            continue
+
+        def stats(values):
+            return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
+        elbo_mean, elbo_std = stats([r["test"]["elbo"] for r in ok])
+        log_px_mean, log_px_std = stats([r["test"]["log_px"] for r in ok])
+        out.append(dict(family=family, backend=backend, n=len(ok), seeds=[r["seed"] for r in ok],
+                        elbo_mean=elbo_mean, elbo_std=elbo_std, log_px_mean=log_px_mean, log_px_std=log_px_std,
+                        examples_per_s_mean=float(np.mean([r["timing"]["examples_per_s"] for r in ok]))))
+    return out
+
+
 def assemble(run_dir: Path, specs: list[Spec], runs: list[dict], argv: list[str],
-             started: datetime.datetime, machine_peak: dict) -> dict:
+             started: datetime.datetime, machine_peak: dict, args: argparse.Namespace) -> dict:
     return dict(run=run_dir.name, command="python compare.py " + shlex.join(argv),
-                created=started.isoformat(timespec="seconds"), spec=specs[0].to_dict(),
-                families=[s.variational for s in specs], environment=environment(),
-                peak=machine_peak, runs=runs, paired=paired(runs, run_dir))
+                created=started.isoformat(timespec="seconds"), preset=args.preset, seeds=args.seeds,
+                spec=specs[0].to_dict(), families=list(dict.fromkeys(s.variational for s in specs)),
+                environment=environment(), peak=machine_peak, runs=runs, paired=paired(runs, run_dir),
+                across_seeds=across_seeds(runs) if args.seeds > 1 else [])
 
 
 def command_run(argv: list[str]) -> int:
@@ -212,19 +244,20 @@ def command_run(argv: list[str]) -> int:
         for spec in specs:
             for name in names:
                 if importlib.util.find_spec(FRAMEWORK_MODULE[name]) is None:
-                    runs.append(dict(backend=name, family=spec.variational, status="unavailable",
+                    runs.append(dict(backend=name, family=spec.variational, seed=spec.seed, status="unavailable",
                                      error=f"not installed: pip install {backends.PACKAGES[name]}"))
                     print(f"skipping {name}: {runs[-1]['error']}", file=sys.stderr)
                     continue
-                runs.append(run_worker(name, spec, run_dir / f"{name}-{spec.variational}", args.data_dir))
+                runs.append(run_worker(name, spec, run_dir / folder_name(name, spec, args.seeds), args.data_dir))
     except KeyboardInterrupt:
         print("\ninterrupted: writing the results completed so far", file=sys.stderr)
-        results = assemble(run_dir, specs, runs, argv, started, machine_peak)
+        results = assemble(run_dir, specs, runs, argv, started, machine_peak, args)
         report.write_all(run_dir, results, dataset.test)
         print(report.text_table(results) if runs else "no backend finished")
         return 130
-    results = assemble(run_dir, specs, runs, argv, started, machine_peak)
+    results = assemble(run_dir, specs, runs, argv, started, machine_peak, args)
     report.write_all(run_dir, results, dataset.test)
+    report.write_index(run_dir.parent)
     print()
     print(report.text_table(results))
     print(f"\nwrote {run_dir}/results.json, results.md, results.csv")
@@ -246,6 +279,7 @@ def command_report(argv: list[str]) -> int:
         print(f"compare.py report: no test images ({e}); the image figures are skipped", file=sys.stderr)
         test_x = None
     results = report.regenerate(args.run_dir, test_x)
+    report.write_index(args.run_dir.parent)
     print(report.text_table(results))
     return 0
 

@@ -133,9 +133,10 @@ def image_panels(run_dir: Path, results: dict, test_x: np.ndarray) -> dict[str, 
     from common.worker import load_params
 
     panels: dict[str, list] = {k: [] for k in IMAGE_KINDS}
+    first_seed = results["runs"][0].get("seed") if results["runs"] else None
     for run in results["runs"]:
-        folder = run_dir / f"{run['backend']}-{run['family']}"
-        if run["status"] != "ok" or not (folder / "params.safetensors").exists():
+        folder = run_dir / run.get("folder", f"{run['backend']}-{run['family']}")
+        if run.get("seed") != first_seed or run["status"] != "ok" or not (folder / "params.safetensors").exists():
             continue
         model = reference.Model(Spec.from_dict(run["spec"]), load_params(folder / "params.safetensors"))
         for kind, (make, cols, _) in IMAGE_KINDS.items():
@@ -171,8 +172,9 @@ def save_image_figures(run_dir: Path, panels: dict[str, list]) -> list[str]:
     return written
 
 
-def label(run: dict) -> str:
-    return f"{run['backend']} · {run['family']}"
+def label(run: dict, results: dict | None = None) -> str:
+    seed = f" · seed {run['seed']}" if results and results.get("seeds", 1) > 1 else ""
+    return f"{run['backend']} · {run['family']}{seed}"
 
 
 def save_learning_curves(run_dir: Path, results: dict) -> str | None:
@@ -182,14 +184,14 @@ def save_learning_curves(run_dir: Path, results: dict) -> str | None:
     plt = pyplot()
     fig, axes = plt.subplots(3, 2, figsize=(10, 10))
     for run in runs:
-        style = dict(label=label(run), linestyle="-" if run["family"] == "mean-field" else "--", marker="o",
+        style = dict(label=label(run, results), linestyle="-" if run["family"] == "mean-field" else "--", marker="o",
                      markersize=3)
         val, train = run["validation"], run["train_curve"]
         for col, x_key in enumerate(("step", "train_seconds")):
             axes[0, col].plot([v[x_key] for v in val], [v["elbo"] for v in val], **style)
             axes[1, col].plot([v[x_key] for v in val], [v["log_px"] for v in val], **style)
             axes[2, col].plot([t[x_key] for t in train], [t["train_elbo"] for t in train],
-                              label=label(run), linestyle=style["linestyle"], linewidth=1)
+                              label=label(run, results), linestyle=style["linestyle"], linewidth=1)
     for row, name in enumerate(("validation ELBO", "validation log p(x)", "training ELBO (100-step mean)")):
         axes[row, 0].set_ylabel(f"{name} (nats)")
         for col, x_name in enumerate(("step", "training seconds (wall clock)")):
@@ -220,7 +222,7 @@ def save_throughput(run_dir: Path, results: dict) -> str | None:
             text += f"\n{100 * run['flops']['train_flop_per_s'] / peak:.0f}% peak"
         ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
                     fontsize=8)
-    ax.set_xticks(range(len(runs)), [label(r).replace(" · ", "\n") for r in runs], fontsize=8)
+    ax.set_xticks(range(len(runs)), [label(r, results).replace(" · ", "\n") for r in runs], fontsize=8)
     ax.set_ylabel("training examples/s (steady state)")
     ax.set_ylim(0, max(rates) * 1.25)
     ax.set_title("training throughput" + (f"; % of the {peak / 1e9:.0f} GFLOP/s float32 matmul peak" if peak else ""),

@@ -17,6 +17,9 @@ from common.init import init_params
 from common.spec import Spec
 from common.worker import load_params, save_params
 
+FIGURES = ["learning_curves.png", "throughput.png", "samples.png", "reconstructions.png", "interpolation.png",
+           "inpainting.png"]
+
 
 def compare(*args: str, timeout: int = 1200) -> subprocess.CompletedProcess:
     env = dict(os.environ, BINARIZED_MNIST_DIR=str(data_dir()))
@@ -67,12 +70,35 @@ def test_smoke_preset_runs_all_three_backends_on_real_data(tmp_path):
     env = results["environment"]
     assert env["cpu_count"] and env["git_commit"] and results["runs"][1]["versions"]["jax"]
 
-    # the tables are rebuilt from results.json alone
-    (out / "results.md").unlink()
-    (out / "results.csv").unlink()
+    # the tables and figures are rebuilt from the run's folder alone, without training
+    generated = ["results.md", "results.csv", *FIGURES]
+    assert {p.name for p in out.iterdir()} >= set(generated)
+    for name in generated:
+        (out / name).unlink()
     rebuilt = compare("report", str(out))
     assert rebuilt.returncode == 0, rebuilt.stderr
-    assert "test log p(x)" in (out / "results.md").read_text()
+    assert {p.name for p in out.iterdir()} >= set(generated)
+    markdown = (out / "results.md").read_text()
+    assert "test log p(x)" in markdown and all(f"]({name})" in markdown for name in FIGURES)
+    assert "[smoke](smoke/results.md)" in (tmp_path / "README.md").read_text()  # the index
+
+
+def test_seeds_repeat_the_comparison_and_report_the_spread(tmp_path):
+    out = tmp_path / "seeds"
+    result = compare("--backends", "torch,jax", "--seeds", "2", "--preset", "smoke", "--steps", "100",
+                     "--eval-every", "100", "--hidden-size", "32", "--latent-size", "2", "--eval-k", "10",
+                     "--valid-examples", "100", "--test-examples", "200", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert [(r["backend"], r["seed"]) for r in results["runs"]] == [("torch", 0), ("jax", 0), ("torch", 1), ("jax", 1)]
+    assert {p.name for p in out.iterdir()} >= {"torch-mean-field-seed0", "jax-mean-field-seed1", "manifold.png"}
+    summary = {s["backend"]: s for s in results["across_seeds"]}
+    torch_runs = [r["test"]["log_px"] for r in results["runs"] if r["backend"] == "torch"]
+    assert summary["torch"]["n"] == 2 and summary["torch"]["log_px_mean"] == pytest.approx(np.mean(torch_runs))
+    assert summary["torch"]["log_px_std"] == pytest.approx(np.std(torch_runs, ddof=1))
+    assert torch_runs[0] != torch_runs[1]  # another seed: another initial state, batch order and noise
+    assert [p["seed"] for p in results["paired"]] == [0, 1]  # paired within a seed only
+    assert "Across seeds" in (out / "results.md").read_text()
 
 
 @pytest.mark.parametrize("args, message", [
@@ -84,6 +110,7 @@ def test_smoke_preset_runs_all_three_backends_on_real_data(tmp_path):
     (["--learning-rate", "0"], "learning-rate must be > 0"),
     (["--eval-k", "0"], "eval-k must be positive"),
     (["--hidden-size", "0"], "hidden-size must be positive"),
+    (["--seeds", "0"], "seeds must be positive"),
     (["--data-dir", "/nonexistent"], "not found in /nonexistent"),
 ])
 def test_bad_input_is_one_clear_line_and_exit_2(args, message, tmp_path):
