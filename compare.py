@@ -137,12 +137,14 @@ def folder_name(backend: str, spec: Spec, seeds: int) -> str:
     return f"{backend}-{spec.variational}" + (f"-seed{spec.seed}" if seeds > 1 else "")
 
 
-def run_worker(backend: str, spec: Spec, out_dir: Path, data_dir: str | None) -> dict:
-    """One backend and family in a child process; its output is shown and kept in log.txt."""
+def run_worker(backend: str, spec: Spec, out_dir: Path, data_dir: str | None, params: Path | None = None) -> dict:
+    """One backend and family in a child process; its output is shown and kept in log.txt.
+    With params: evaluate those parameters on the test set instead of training."""
     out_dir.mkdir(parents=True, exist_ok=True)
     config = out_dir / "config.json"
     config.write_text(json.dumps(dict(backend=backend, spec=spec.to_dict(), out_dir=str(out_dir),
-                                      data_dir=data_dir), indent=2))
+                                      data_dir=data_dir, params=str(params.resolve()) if params else None),
+                                 indent=2))
     log_path = out_dir / "log.txt"
     with log_path.open("wb") as log:
         child = subprocess.Popen([sys.executable, "-m", "common.worker", str(config)], cwd=ROOT,
@@ -284,8 +286,71 @@ def command_report(argv: list[str]) -> int:
     return 0
 
 
+def evaluate_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="compare.py evaluate",
+        description="Test ELBO and log p(x) of saved parameters in each backend: a model trained in one "
+                    "framework, checked in the others. The architecture is read from the metrics.json beside "
+                    "the file when there is one; flags override it.")
+    parser.add_argument("params", type=Path, help="a params.safetensors (canonical names, any backend's)")
+    parser.add_argument("--backends", default="torch,jax,tensorflow", help="[%(default)s]")
+    parser.add_argument("--variational", help="mean-field or iaf")
+    for flag in ("--hidden-size", "--latent-size", "--flow-steps", "--eval-k", "--test-examples", "--seed"):
+        parser.add_argument(flag, type=int, help=SPEC_FLAGS[flag][2])
+    parser.add_argument("--data-dir", help=f"binarized MNIST folder (else ${data.DIR_ENV}, else the download cache)")
+    parser.add_argument("--out", type=Path, help="where to write the evaluation [a temporary folder]")
+    return parser
+
+
+def evaluation_spec(args: argparse.Namespace) -> Spec:
+    beside = args.params.parent / "metrics.json"
+    base = json.loads(beside.read_text()).get("spec", {}) if beside.exists() else {}
+    overrides = {"variational": args.variational} if args.variational else {}
+    for flag in ("--hidden-size", "--latent-size", "--flow-steps", "--eval-k", "--test-examples", "--seed"):
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is not None:
+            overrides[SPEC_FLAGS[flag][0]] = value
+    try:
+        return Spec.from_dict({**base, **overrides})
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+
+
+def command_evaluate(argv: list[str]) -> int:
+    import tempfile
+
+    from common.init import check_params
+    from common.worker import load_params
+
+    args = evaluate_parser().parse_args(argv)
+    names = parse_backends(args.backends)
+    if not args.params.is_file():
+        raise UsageError(f"{args.params} not found; give a params.safetensors file")
+    spec = evaluation_spec(args)
+    try:
+        check_params(spec, load_params(args.params))
+    except ValueError as e:
+        raise UsageError(f"{args.params} does not fit the model: {e}; set --variational / --hidden-size / "
+                         "--latent-size / --flow-steps to the architecture it was trained with") from e
+    except Exception as e:  # noqa: BLE001 -- safetensors' own error types: not a readable tensor file
+        raise UsageError(f"{args.params} is not a readable safetensors file ({e})") from e
+    out = args.out or Path(tempfile.mkdtemp(prefix="vae-compare-evaluate-"))
+    runs = []
+    for name in names:
+        run = run_worker(name, spec, out / name, args.data_dir, params=args.params)
+        run["timing"] = dict(examples_per_s=float("nan"), warmup_s=float("nan"), wall_seconds=float("nan"))
+        run["flops"] = dict(train_flop_per_s=float("nan"), eval_per_sample=0.0)
+        runs.append(run)
+    results = dict(runs=runs, paired=paired(runs, out))
+    print()
+    print(report.text_table(results))
+    (out / "evaluation.json").write_text(json.dumps(results, indent=2, default=float))
+    print(f"\nwrote {out / 'evaluation.json'}")
+    return 0 if all(r["status"] == "ok" for r in runs) else 1
+
+
 def main(argv: list[str]) -> int:
-    commands = {"report": command_report}
+    commands = {"report": command_report, "evaluate": command_evaluate}
     try:
         if argv and argv[0] in commands:
             return commands[argv[0]](argv[1:])

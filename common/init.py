@@ -91,6 +91,9 @@ def init_params(spec: Spec, seed: int | None = None) -> dict[str, np.ndarray]:
 def check_params(spec: Spec, params: dict[str, np.ndarray]) -> None:
     """Raise ValueError naming the first tensor that does not fit this spec."""
     expected = param_shapes(spec)
+    for name, shape in expected.items():  # a wrong size says most, so it comes first
+        if name in params and tuple(params[name].shape) != shape:
+            raise ValueError(f"parameter {name} has shape {tuple(params[name].shape)}, the spec needs {shape}")
     missing = sorted(set(expected) - set(params))
     extra = sorted(set(params) - set(expected))
     if missing:
@@ -99,7 +102,3 @@ def check_params(spec: Spec, params: dict[str, np.ndarray]) -> None:
     if extra:
         raise ValueError(f"parameter {extra[0]} is not part of a {spec.variational} model "
                          f"with {spec.flow_steps} flow steps")
-    for name, shape in expected.items():
-        if tuple(params[name].shape) != shape:
-            raise ValueError(f"parameter {name} has shape {tuple(params[name].shape)}, "
-                             f"the spec needs {shape}")

@@ -140,14 +140,28 @@ def load_params(path: Path) -> dict[str, np.ndarray]:
     return load_file(str(path))
 
 
+def evaluate_saved(backend_name: str, spec: Spec, params_path: Path, test_x: np.ndarray, out_dir: Path) -> dict:
+    """Test ELBO and log p(x) of saved parameters in this backend (no training)."""
+    backend = backends.create(backend_name)
+    backend.load(spec, load_params(params_path), test_x)
+    test = evaluate_split(backend, test_x, spec.eval_k)
+    elbo, log_px = test.pop("per_example")
+    np.savez(out_dir / "test_per_example.npz", elbo=elbo, log_px=log_px)
+    return dict(status="ok", backend=backend_name, family=spec.variational, spec=spec.to_dict(), test=test,
+                params=str(params_path), versions=package_versions(backend_name))
+
+
 def main(argv: list[str]) -> int:
     config = json.loads(Path(argv[1]).read_text())
     out_dir = Path(config["out_dir"])
     out_dir.mkdir(parents=True, exist_ok=True)
     spec = Spec.from_dict(config["spec"])
     try:
-        dataset = data.load(config.get("data_dir"))
-        metrics = train_and_evaluate(config["backend"], spec, dataset, out_dir)
+        if config.get("params"):
+            test_x = data.load_split("test", config.get("data_dir"))[0][:spec.test_examples]
+            metrics = evaluate_saved(config["backend"], spec, Path(config["params"]), test_x, out_dir)
+        else:
+            metrics = train_and_evaluate(config["backend"], spec, data.load(config.get("data_dir")), out_dir)
         code = 0
     except backends.BackendUnavailable as e:
         metrics, code = dict(status="unavailable", error=str(e)), 3
