@@ -67,6 +67,12 @@ def run_parser() -> argparse.ArgumentParser:
                         f"(else ${data.DIR_ENV}, else the download cache)")
     parser.add_argument("--out", help="results folder [results/<date>-<preset>]")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing results folder")
+    parser.add_argument("--checkpoint-every", type=int,
+                        help="steps between checkpoints (parameters, optimizer and RNG state, data position) "
+                             "[the validation interval]")
+    parser.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                        help="continue a stopped run: finished backends are kept, the others continue from "
+                             "their last checkpoint; the run's own settings are used")
     return parser
 
 
@@ -137,16 +143,17 @@ def folder_name(backend: str, spec: Spec, seeds: int) -> str:
     return f"{backend}-{spec.variational}" + (f"-seed{spec.seed}" if seeds > 1 else "")
 
 
-def run_worker(backend: str, spec: Spec, out_dir: Path, data_dir: str | None, params: Path | None = None) -> dict:
+def run_worker(backend: str, spec: Spec, out_dir: Path, data_dir: str | None, params: Path | None = None,
+               checkpoint_every: int | None = None, resume: bool = False) -> dict:
     """One backend and family in a child process; its output is shown and kept in log.txt.
     With params: evaluate those parameters on the test set instead of training."""
     out_dir.mkdir(parents=True, exist_ok=True)
     config = out_dir / "config.json"
     config.write_text(json.dumps(dict(backend=backend, spec=spec.to_dict(), out_dir=str(out_dir),
-                                      data_dir=data_dir, params=str(params.resolve()) if params else None),
-                                 indent=2))
+                                      data_dir=data_dir, params=str(params.resolve()) if params else None,
+                                      checkpoint_every=checkpoint_every, resume=resume), indent=2))
     log_path = out_dir / "log.txt"
-    with log_path.open("wb") as log:
+    with log_path.open("ab" if resume else "wb") as log:
         child = subprocess.Popen([sys.executable, "-m", "common.worker", str(config)], cwd=ROOT,
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         try:
@@ -224,24 +231,55 @@ def assemble(run_dir: Path, specs: list[Spec], runs: list[dict], argv: list[str]
                 across_seeds=across_seeds(runs) if args.seeds > 1 else [])
 
 
+def finished_run(folder: Path, spec: Spec) -> dict | None:
+    """The metrics of a backend that finished in folder, or None."""
+    path = folder / "metrics.json"
+    metrics = json.loads(path.read_text()) if path.exists() else {}
+    return metrics | dict(folder=folder.name, seed=spec.seed) if metrics.get("status") == "ok" else None
+
+
+def resumed_plan(run_dir: Path) -> tuple[argparse.Namespace, list[str], list[Spec], list[str], str]:
+    """The stopped run's own arguments, specs and backends, from its run.json."""
+    plan_path = run_dir / "run.json"
+    if not plan_path.exists():
+        raise UsageError(f"{plan_path} not found; --resume takes a results/<run> folder that compare.py started")
+    plan = json.loads(plan_path.read_text())
+    args = run_parser().parse_args(plan["argv"])
+    return args, plan["argv"], [Spec.from_dict(s) for s in plan["specs"]], plan["backends"], plan["started"]
+
+
 def command_run(argv: list[str]) -> int:
     args = run_parser().parse_args(argv)
-    specs = build_specs(args)
-    names = parse_backends(args.backends)
-    started = datetime.datetime.now().astimezone()
-    run_dir = Path(args.out) if args.out else ROOT / "results" / f"{started:%Y-%m-%d}-{args.preset}"
-    if run_dir.exists() and any(run_dir.iterdir()) and not args.overwrite:
-        raise UsageError(f"{run_dir} already exists; pass --out NEW_FOLDER, or --overwrite to replace it")
+    if args.checkpoint_every is not None and args.checkpoint_every <= 0:
+        raise UsageError(f"checkpoint-every must be positive, got {args.checkpoint_every}")
+    if args.resume:
+        run_dir, data_dir = args.resume, args.data_dir
+        args, argv, specs, names, started_text = resumed_plan(run_dir)
+        args.data_dir, args.resume = data_dir or args.data_dir, run_dir
+        started = datetime.datetime.fromisoformat(started_text)
+    else:
+        specs = build_specs(args)
+        names = parse_backends(args.backends)
+        started = datetime.datetime.now().astimezone()
+        run_dir = Path(args.out) if args.out else ROOT / "results" / f"{started:%Y-%m-%d}-{args.preset}"
+        if run_dir.exists() and any(run_dir.iterdir()) and not args.overwrite:
+            raise UsageError(f"{run_dir} already exists; pass --out NEW_FOLDER, --resume {run_dir} to continue "
+                             "it, or --overwrite to replace it")
     try:
         dataset = data.load(args.data_dir)  # fail here, once, with a clear message, before any child starts
     except data.DataError as e:
         raise UsageError(str(e)) from e
     run_dir.mkdir(parents=True, exist_ok=True)
+    if not args.resume:
+        (run_dir / "run.json").write_text(json.dumps(dict(
+            argv=argv, specs=[s.to_dict() for s in specs], backends=names,
+            started=started.isoformat(timespec="seconds")), indent=2))
     print("measuring this machine's float32 matmul peak ...", file=sys.stderr)
     machine_peak = peak.measure(specs[0])
     print(f"peak: {machine_peak['square_4096_flop_per_s'] / 1e9:.0f} GFLOP/s (4096² GEMM), "
           f"{machine_peak['model_shapes_flop_per_s'] / 1e9:.0f} GFLOP/s (the model's GEMMs)", file=sys.stderr)
     runs: list[dict] = []
+    current = None
     try:
         for spec in specs:
             for name in names:
@@ -250,9 +288,19 @@ def command_run(argv: list[str]) -> int:
                                      error=f"not installed: pip install {backends.PACKAGES[name]}"))
                     print(f"skipping {name}: {runs[-1]['error']}", file=sys.stderr)
                     continue
-                runs.append(run_worker(name, spec, run_dir / folder_name(name, spec, args.seeds), args.data_dir))
+                folder = run_dir / folder_name(name, spec, args.seeds)
+                current = (folder, spec)
+                if args.resume and (kept := finished_run(folder, spec)):
+                    runs.append(kept)
+                    print(f"{name} {spec.variational}: finished before, kept", file=sys.stderr)
+                    continue
+                runs.append(run_worker(name, spec, folder, args.data_dir, checkpoint_every=args.checkpoint_every,
+                                       resume=bool(args.resume)))
     except KeyboardInterrupt:
         print("\ninterrupted: writing the results completed so far", file=sys.stderr)
+        if current and not any(r.get("folder") == current[0].name for r in runs):
+            if kept := finished_run(*current):  # it finished just before the interrupt
+                runs.append(kept)
         results = assemble(run_dir, specs, runs, argv, started, machine_peak, args)
         report.write_all(run_dir, results, dataset.test)
         print(report.text_table(results) if runs else "no backend finished")

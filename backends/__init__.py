@@ -28,6 +28,9 @@ The contract (every array crossing it is NumPy; names and layouts are canonical,
         def optimizer_state(self) -> dict[str, dict[str, np.ndarray]]
             # {"square_avg": {name: array}, "grad_avg": {name: array}}, as common.reference keeps it.
         def set_optimizer_state(self, state) -> None
+        def rng_state(self) -> np.ndarray
+        def set_rng_state(self, state) -> None
+            # the framework RNG(s) behind fast mode, so a resumed run draws the noise it would have
 """
 
 from __future__ import annotations

@@ -277,6 +277,12 @@ class Backend:
         return {"square_avg": to_flat(optax.tree.get(self._opt_state, "nu"), self.dtype),
                 "grad_avg": to_flat(optax.tree.get(self._opt_state, "mu"), self.dtype)}
 
+    def rng_state(self) -> np.ndarray:
+        return np.stack([np.asarray(jax.random.key_data(k)) for k in (self._train_key, self._eval_key)])
+
+    def set_rng_state(self, state: np.ndarray) -> None:
+        self._train_key, self._eval_key = (jax.random.wrap_key_data(jnp.asarray(k)) for k in state)
+
     def set_optimizer_state(self, state: dict[str, dict[str, np.ndarray]]) -> None:
         self._opt_state = optax.tree.set(self._opt_state,
                                          nu=to_tree(state["square_avg"], self.dtype),

@@ -253,6 +253,12 @@ class Backend:
         return {slot: {k: v.numpy() for k, v in getattr(self.optimizer, slot).items()}
                 for slot in ("square_avg", "grad_avg")}
 
+    def rng_state(self) -> np.ndarray:
+        return self.rng.state.numpy().copy()
+
+    def set_rng_state(self, state: np.ndarray) -> None:
+        self.rng.reset(np.asarray(state))
+
     def set_optimizer_state(self, state: dict[str, dict[str, np.ndarray]]) -> None:
         for slot in ("square_avg", "grad_avg"):
             for k, var in getattr(self.optimizer, slot).items():

@@ -221,6 +221,12 @@ class Backend:
                 out[name][c] = (value.T if value.ndim == 2 else value).numpy().copy()
         return out
 
+    def rng_state(self) -> np.ndarray:
+        return self.generator.get_state().numpy().copy()
+
+    def set_rng_state(self, state: np.ndarray) -> None:
+        self.generator.set_state(torch.from_numpy(np.asarray(state, np.uint8)))
+
     def set_optimizer_state(self, state: dict[str, dict[str, np.ndarray]]) -> None:
         params = dict(self.model.named_parameters())
         for c, k in self.names.items():

@@ -125,7 +125,7 @@ def markdown(results: dict, figures: list[str] | None = None) -> str:
         "Test ELBO and log p(x) in nats, mean ± standard error over test examples; Δ is the "
         "per-example difference from the first backend of the same family on the same test "
         "images, ± its standard error. Train ex/s: median over timing windows of "
-        f"{results['runs'][0].get('timing', {}).get('window_steps', '–')} steps after the first; "
+        f"{next((r['timing']['window_steps'] for r in results['runs'] if 'timing' in r), '–')} steps after the first; "
         "warm-up: the first window's time beyond steady state (compilation). % peak: the model's "
         "matmul FLOPs (common/metrics.py) at that rate over this machine's float32 peak, measured at "
         f"the start of the run: {peak_text(results)}. CPU steal: the median share of CPU time the "

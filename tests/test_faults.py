@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from conftest import ROOT, data_dir
 
 from common.init import init_params
@@ -82,3 +83,89 @@ def test_a_crashed_backend_loses_nothing_of_the_others(tmp_path):
     assert (out / runs["torch"]["log"].split("/", 1)[-1]).exists() or os.path.exists(runs["torch"]["log"])
     assert "torch-mean-field/log.txt" in result.stdout  # the table says where the log is
     assert np.isfinite(runs["jax"]["test"]["log_px"])
+
+
+def test_resumed_run_ends_where_the_uninterrupted_run_ends_float64(tmp_path, dataset):
+    """Stop a float64 run half way (its checkpoint is all that is left), resume it: the trained
+    parameters, optimizer state and test figures equal an uninterrupted run's to 1e-10."""
+    from common.worker import load_checkpoint, train_and_evaluate
+
+    spec = Spec(variational="iaf", hidden_size=32, latent_size=4, batch_size=32, steps=60, eval_every=20,
+                eval_k=5, valid_examples=50, test_examples=60, dtype="float64")
+    for name in ("torch", "jax", "tensorflow"):
+        whole, parts = tmp_path / f"{name}-whole", tmp_path / f"{name}-parts"
+        whole.mkdir()
+        parts.mkdir()
+        expected = train_and_evaluate(name, spec, dataset, whole, checkpoint_every=10)
+        stopped = train_and_evaluate(name, spec, dataset, parts, checkpoint_every=10, stop_after=30)
+        assert stopped["status"] == "interrupted" and load_checkpoint(parts)["loop"]["step"] == 30
+        resumed = train_and_evaluate(name, spec, dataset, parts, checkpoint_every=10, resume=True)
+        assert resumed["resumed"] and resumed["status"] == "ok"
+        a, b = load_checkpoint(whole), load_checkpoint(parts)
+        for group in ("params", "best"):
+            for k, v in a[group].items():
+                np.testing.assert_allclose(b[group][k], v, rtol=1e-10, atol=1e-10 * np.abs(v).max(), err_msg=k)
+        for k, v in a["optimizer"]["square_avg"].items():
+            np.testing.assert_allclose(b["optimizer"]["square_avg"][k], v, rtol=1e-10, atol=1e-300)
+        assert resumed["test"]["log_px"] == pytest.approx(expected["test"]["log_px"], rel=1e-10)
+        assert [v["step"] for v in resumed["validation"]] == [20, 40, 60]
+
+
+def test_non_finite_loss_stops_naming_the_steps_and_keeps_the_last_checkpoint(tmp_path, dataset):
+    from common.worker import NonFiniteLoss, load_checkpoint, train_and_evaluate
+
+    spec = Spec(hidden_size=32, latent_size=4, batch_size=32, steps=20, eval_every=20, eval_k=5,
+                valid_examples=50, test_examples=50)
+    assert train_and_evaluate("torch", spec, dataset, tmp_path, checkpoint_every=10)["status"] == "ok"
+    before = load_checkpoint(tmp_path)
+    diverging = spec.replace(steps=400, learning_rate=1e12)  # continues from step 20, then blows up
+    with pytest.raises(NonFiniteLoss, match=r"training ELBO became (nan|-?inf) in steps 21\.\.30; "
+                                            r"the last finite state \(step 20\) is kept in .*checkpoint"):
+        train_and_evaluate("torch", diverging, dataset, tmp_path, checkpoint_every=10, resume=True)
+    kept = load_checkpoint(tmp_path)
+    assert kept["loop"]["step"] == 20
+    for k, v in before["params"].items():
+        np.testing.assert_array_equal(kept["params"][k], v)
+
+
+def test_resume_continues_a_run_whose_backend_crashed(tmp_path):
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "torch.py").write_text("import os\nos._exit(9)\n")
+    out = tmp_path / "run"
+    first = compare("--backends", "jax,torch", *TINY, "--out", str(out), pythonpath=f"{shim}{os.pathsep}{ROOT}")
+    assert first.returncode == 1
+    jax_before = json.loads((out / "jax-mean-field" / "metrics.json").read_text())
+    assert compare("--backends", "torch", *TINY, "--out", str(out)).returncode == 2  # never overwritten
+    second = compare("--resume", str(out))
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "jax mean-field: finished before, kept" in second.stderr
+    runs = {r["backend"]: r for r in json.loads((out / "results.json").read_text())["runs"]}
+    assert runs["torch"]["status"] == "ok" and runs["jax"]["timing"] == jax_before["timing"]
+
+
+@pytest.mark.parametrize("when", ["after the first backend", "before any backend finished"])
+def test_ctrl_c_writes_the_results_completed_so_far(tmp_path, when):
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    env = dict(os.environ, BINARIZED_MNIST_DIR=str(data_dir()))
+    cmd = [sys.executable, str(ROOT / "compare.py"), "--backends", "torch,jax", *TINY,
+           "--steps", "5000", "--eval-every", "5000", "--out", str(out)]  # later flags win
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sign = out / "torch-mean-field" / ("metrics.json" if when == "after the first backend" else "log.txt")
+    deadline = time.time() + 600
+    while not sign.exists() and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)  # a backend is starting or training now
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "interrupted: writing the results completed so far" in stderr and "Traceback" not in stderr
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    if when == "after the first backend":
+        assert [(r["backend"], r["status"]) for r in runs] == [("torch", "ok")]
+        assert "torch" in (out / "results.md").read_text() and "torch" in stdout
+    else:
+        assert runs == [] and (out / "results.md").exists()
