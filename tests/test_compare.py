@@ -110,6 +110,7 @@ def test_seeds_repeat_the_comparison_and_report_the_spread(tmp_path):
     (["--learning-rate", "0"], "learning-rate must be > 0"),
     (["--eval-k", "0"], "eval-k must be positive"),
     (["--hidden-size", "0"], "hidden-size must be positive"),
+    (["--latent-size", "-2"], "latent-size must be positive"),
     (["--seeds", "0"], "seeds must be positive"),
     (["--data-dir", "/nonexistent"], "not found in /nonexistent"),
 ])

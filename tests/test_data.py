@@ -96,6 +96,20 @@ def test_corrupt_cache_is_rebuilt_not_trusted(tmp_path, monkeypatch):
     assert not data.cache_path("test").exists()
 
 
+def test_interrupted_write_leaves_no_file_that_looks_complete(tmp_path):
+    target = tmp_path / "cache" / "train.npy"
+
+    def dies_half_way(f):
+        f.write(b"\x93NUMPY partial")
+        raise KeyboardInterrupt  # Ctrl-C or a dropped connection during a download
+
+    with pytest.raises(KeyboardInterrupt):
+        data.atomic_write(target, dies_half_way)
+    assert not target.exists() and list(target.parent.iterdir()) == []
+    data.atomic_write(target, lambda f: f.write(b"whole"))
+    assert target.read_bytes() == b"whole"
+
+
 def test_batch_stream_is_reproducible_and_seeded():
     a = data.batch_indices(1000, 100, seed=0, start=0, stop=25)
     b = data.batch_indices(1000, 100, seed=0, start=0, stop=25)
