@@ -27,6 +27,14 @@ def compare(*args: str, pythonpath: str | None = None) -> subprocess.CompletedPr
                           capture_output=True, text=True, timeout=600)
 
 
+def crashing_torch(tmp_path) -> str:
+    """A PYTHONPATH under which importing torch kills the process, as an OOM kill or a segfault would."""
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "torch.py").write_text("import os\nos._exit(9)\n")
+    return f"{shim}{os.pathsep}{ROOT}"
+
+
 def test_saved_parameters_are_evaluated_in_every_backend(tmp_path):
     spec = Spec(variational="iaf", hidden_size=32, latent_size=4)
     folder = tmp_path / "torch-iaf"
@@ -71,11 +79,8 @@ def test_missing_framework_is_named_and_the_other_backends_still_run(tmp_path):
 
 
 def test_a_crashed_backend_loses_nothing_of_the_others(tmp_path):
-    shim = tmp_path / "shim"
-    shim.mkdir()
-    (shim / "torch.py").write_text("import os\nos._exit(9)  # dies like a killed process\n")
     out = tmp_path / "run"
-    result = compare("--backends", "torch,jax", *TINY, "--out", str(out), pythonpath=f"{shim}{os.pathsep}{ROOT}")
+    result = compare("--backends", "torch,jax", *TINY, "--out", str(out), pythonpath=crashing_torch(tmp_path))
     assert result.returncode == 1
     runs = {r["backend"]: r for r in json.loads((out / "results.json").read_text())["runs"]}
     assert runs["jax"]["status"] == "ok" and (out / "jax-mean-field" / "params.safetensors").exists()
@@ -129,11 +134,8 @@ def test_non_finite_loss_stops_naming_the_steps_and_keeps_the_last_checkpoint(tm
 
 
 def test_resume_continues_a_run_whose_backend_crashed(tmp_path):
-    shim = tmp_path / "shim"
-    shim.mkdir()
-    (shim / "torch.py").write_text("import os\nos._exit(9)\n")
     out = tmp_path / "run"
-    first = compare("--backends", "jax,torch", *TINY, "--out", str(out), pythonpath=f"{shim}{os.pathsep}{ROOT}")
+    first = compare("--backends", "jax,torch", *TINY, "--out", str(out), pythonpath=crashing_torch(tmp_path))
     assert first.returncode == 1
     jax_before = json.loads((out / "jax-mean-field" / "metrics.json").read_text())
     assert compare("--backends", "torch", *TINY, "--out", str(out)).returncode == 2  # never overwritten
