@@ -181,7 +181,7 @@ def run_worker(backend: str, spec: Spec, out_dir: Path, data_dir: str | None, pa
 def per_example(run_dir: Path, run: dict):
     import numpy as np
 
-    return np.load(run_dir / run.get("folder", f"{run['backend']}-{run['family']}") / "test_per_example.npz")
+    return np.load(report.run_folder(run_dir, run) / "test_per_example.npz")
 
 
 def paired(runs: list[dict], run_dir: Path) -> list[dict]:
@@ -229,6 +229,15 @@ def assemble(run_dir: Path, specs: list[Spec], runs: list[dict], argv: list[str]
                 spec=specs[0].to_dict(), families=list(dict.fromkeys(s.variational for s in specs)),
                 environment=environment(), peak=machine_peak, runs=runs, paired=paired(runs, run_dir),
                 across_seeds=across_seeds(runs) if args.seeds > 1 else [])
+
+
+def write_results(run_dir: Path, specs: list[Spec], runs: list[dict], argv: list[str],
+                  started: datetime.datetime, machine_peak: dict, args: argparse.Namespace, test_x) -> dict:
+    """results.json, the tables and figures generated from it, and the results index."""
+    results = assemble(run_dir, specs, runs, argv, started, machine_peak, args)
+    report.write_all(run_dir, results, test_x)
+    report.write_index(run_dir.parent)
+    return results
 
 
 def finished_run(folder: Path, spec: Spec) -> dict | None:
@@ -301,13 +310,10 @@ def command_run(argv: list[str]) -> int:
         if current and not any(r.get("folder") == current[0].name for r in runs):
             if kept := finished_run(*current):  # it finished just before the interrupt
                 runs.append(kept)
-        results = assemble(run_dir, specs, runs, argv, started, machine_peak, args)
-        report.write_all(run_dir, results, dataset.test)
+        results = write_results(run_dir, specs, runs, argv, started, machine_peak, args, dataset.test)
         print(report.text_table(results) if runs else "no backend finished")
         return 130
-    results = assemble(run_dir, specs, runs, argv, started, machine_peak, args)
-    report.write_all(run_dir, results, dataset.test)
-    report.write_index(run_dir.parent)
+    results = write_results(run_dir, specs, runs, argv, started, machine_peak, args, dataset.test)
     print()
     print(report.text_table(results))
     print(f"\nwrote {run_dir}/results.json, results.md, results.csv")
@@ -385,10 +391,7 @@ def command_evaluate(argv: list[str]) -> int:
     out = args.out or Path(tempfile.mkdtemp(prefix="vae-compare-evaluate-"))
     runs = []
     for name in names:
-        run = run_worker(name, spec, out / name, args.data_dir, params=args.params)
-        run["timing"] = dict(examples_per_s=float("nan"), warmup_s=float("nan"), wall_seconds=float("nan"))
-        run["flops"] = dict(train_flop_per_s=float("nan"), eval_per_sample=0.0)
-        runs.append(run)
+        runs.append(run_worker(name, spec, out / name, args.data_dir, params=args.params))
     results = dict(runs=runs, paired=paired(runs, out))
     print()
     print(report.text_table(results))

@@ -14,6 +14,7 @@ from statistics import NormalDist
 import numpy as np
 
 from common import reference
+from common.report import run_folder
 from common.spec import Spec
 
 FIGURES = ("learning_curves", "throughput", "samples", "reconstructions", "interpolation", "inpainting",
@@ -135,7 +136,7 @@ def image_panels(run_dir: Path, results: dict, test_x: np.ndarray) -> dict[str, 
     panels: dict[str, list] = {k: [] for k in IMAGE_KINDS}
     first_seed = results["runs"][0].get("seed") if results["runs"] else None
     for run in results["runs"]:
-        folder = run_dir / run.get("folder", f"{run['backend']}-{run['family']}")
+        folder = run_folder(run_dir, run)
         if run.get("seed") != first_seed or run["status"] != "ok" or not (folder / "params.safetensors").exists():
             continue
         model = reference.Model(Spec.from_dict(run["spec"]), load_params(folder / "params.safetensors"))

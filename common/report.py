@@ -35,27 +35,36 @@ def rows(results: dict) -> list[dict[str, str]]:
         backend = run["backend"] + (f" (seed {run['seed']})" if results.get("seeds", 1) > 1 else "")
         row.update(family=run["family"], backend=backend, status=run["status"])
         if run["status"] == "ok":
-            test, timing = run["test"], run["timing"]
+            test = run["test"]
             p = paired.get((run["family"], run.get("seed"), run["backend"]))
             row.update({
                 "test ELBO": pm(test["elbo"], test["elbo_se"]),
                 "test log p(x)": pm(test["log_px"], test["log_px_se"]),
                 "Δ log p(x) (paired)": (pm(p["log_px_diff"], p["log_px_diff_se"]) + f" vs {p['versus']}"
                                         if p else "reference"),
-                "train ex/s": number(timing["examples_per_s"]),
-                "train % peak": percent_of_peak(run["flops"]["train_flop_per_s"], results),
-                "eval % peak": percent_of_peak(test["samples_per_s"] * run["flops"]["eval_per_sample"], results),
-                "warm-up s": number(timing["warmup_s"], 1),
-                "CPU steal": (f"{100 * timing['cpu_steal_fraction']:.0f}%"
-                              if timing.get("cpu_steal_fraction") is not None else "–"),
                 "eval samples/s": number(test["samples_per_s"]),
-                "wall s": number(timing["wall_seconds"], 0),
             })
+            if "timing" in run:  # a training run; `compare.py evaluate` results have test figures only
+                timing, flops = run["timing"], run["flops"]
+                row.update({
+                    "train ex/s": number(timing["examples_per_s"]),
+                    "train % peak": percent_of_peak(flops["train_flop_per_s"], results),
+                    "eval % peak": percent_of_peak(test["samples_per_s"] * flops["eval_per_sample"], results),
+                    "warm-up s": number(timing["warmup_s"], 1),
+                    "CPU steal": (f"{100 * timing['cpu_steal_fraction']:.0f}%"
+                                  if timing.get("cpu_steal_fraction") is not None else "–"),
+                    "wall s": number(timing["wall_seconds"], 0),
+                })
         else:
             row["status"] = f"{run['status']}: {run.get('error', '')}" + (
                 f" (log: {run['log']})" if run.get("log") else "")
         out.append(row)
     return out
+
+
+def run_folder(run_dir: Path, run: dict) -> Path:
+    """Where a backend and family wrote its files (results from before --seeds lack "folder")."""
+    return run_dir / run.get("folder", f"{run['backend']}-{run['family']}")
 
 
 def text_table(results: dict) -> str:
