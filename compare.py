@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 import backends
-from common import data, peak, report
+from common import data, launch, peak, report
 from common.metrics import paired_difference
 from common.spec import FAMILIES, PRESETS, Spec
 
@@ -41,6 +41,9 @@ SPEC_FLAGS = {  # flag -> (Spec field, type, help)
     "--test-examples": ("test_examples", int, "test examples evaluated"),
     "--seed": ("seed", int, "seed of the initial parameters, batch order and noise (default 0)"),
     "--dtype": ("dtype", str, "float32 (default) or float64"),
+    "--devices": ("devices", int, "data-parallel devices N (default 1): the batch is split across N devices "
+                  "with each framework's own engine (torch: DDP under torchrun, one process per device; jax: "
+                  "a device mesh; tensorflow: MirroredStrategy); on a CPU, N logical devices share the cores"),
 }
 
 
@@ -70,6 +73,11 @@ def run_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint-every", type=int,
                         help="steps between checkpoints (parameters, optimizer and RNG state, data position) "
                              "[the validation interval]")
+    parser.add_argument("--prepare-only", action="store_true",
+                        help="write the run folder and each worker's config.json, print the command that runs "
+                             "each worker, and stop: for several hosts, start those commands under the framework's "
+                             "launcher on every host (README.md, \"Several devices and hosts\"), then collect the "
+                             "results with --resume RUN_DIR")
     parser.add_argument("--resume", type=Path, metavar="RUN_DIR",
                         help="continue a stopped run: finished backends are kept, the others continue from "
                              "their last checkpoint; the run's own settings are used")
@@ -143,18 +151,26 @@ def folder_name(backend: str, spec: Spec, seeds: int) -> str:
     return f"{backend}-{spec.variational}" + (f"-seed{spec.seed}" if seeds > 1 else "")
 
 
-def run_worker(backend: str, spec: Spec, out_dir: Path, data_dir: str | None, params: Path | None = None,
-               checkpoint_every: int | None = None, resume: bool = False) -> dict:
-    """One backend and family in a child process; its output is shown and kept in log.txt.
-    With params: evaluate those parameters on the test set instead of training."""
+def write_config(backend: str, spec: Spec, out_dir: Path, data_dir: str | None, params: Path | None = None,
+                 checkpoint_every: int | None = None, resume: bool = False) -> Path:
+    """The worker's whole input (common/worker.py reads it): out_dir/config.json."""
     out_dir.mkdir(parents=True, exist_ok=True)
     config = out_dir / "config.json"
     config.write_text(json.dumps(dict(backend=backend, spec=spec.to_dict(), out_dir=str(out_dir),
                                       data_dir=data_dir, params=str(params.resolve()) if params else None,
                                       checkpoint_every=checkpoint_every, resume=resume), indent=2))
+    return config
+
+
+def run_worker(backend: str, spec: Spec, out_dir: Path, data_dir: str | None, params: Path | None = None,
+               checkpoint_every: int | None = None, resume: bool = False) -> dict:
+    """One backend and family in a child process (N processes for torch on N devices); its output is
+    shown and kept in log.txt. With params: evaluate those parameters on the test set instead of training."""
+    config = write_config(backend, spec, out_dir, data_dir, params, checkpoint_every, resume)
     log_path = out_dir / "log.txt"
     with log_path.open("ab" if resume else "wb") as log:
-        child = subprocess.Popen([sys.executable, "-m", "common.worker", str(config)], cwd=ROOT,
+        child = subprocess.Popen(launch.command(backend, spec.devices, ["-m", "common.worker", str(config)]),
+                                 cwd=ROOT, env=launch.environment(backend, spec.devices),
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         try:
             while chunk := os.read(child.stdout.fileno(), 4096):
@@ -264,7 +280,7 @@ def command_run(argv: list[str]) -> int:
     if args.resume:
         run_dir, data_dir = args.resume, args.data_dir
         args, argv, specs, names, started_text = resumed_plan(run_dir)
-        args.data_dir, args.resume = data_dir or args.data_dir, run_dir
+        args.data_dir, args.resume, args.prepare_only = data_dir or args.data_dir, run_dir, False
         started = datetime.datetime.fromisoformat(started_text)
     else:
         specs = build_specs(args)
@@ -283,6 +299,8 @@ def command_run(argv: list[str]) -> int:
         (run_dir / "run.json").write_text(json.dumps(dict(
             argv=argv, specs=[s.to_dict() for s in specs], backends=names,
             started=started.isoformat(timespec="seconds")), indent=2))
+    if args.prepare_only:
+        return prepare_only(run_dir, specs, names, args)
     print("measuring this machine's float32 matmul peak ...", file=sys.stderr)
     machine_peak = peak.measure(specs[0])
     print(f"peak: {machine_peak['square_4096_flop_per_s'] / 1e9:.0f} GFLOP/s (4096² GEMM), "
@@ -318,6 +336,23 @@ def command_run(argv: list[str]) -> int:
     print(report.text_table(results))
     print(f"\nwrote {run_dir}/results.json, results.md, results.csv")
     return 0 if all(r["status"] == "ok" for r in runs) else 1
+
+
+def prepare_only(run_dir: Path, specs: list[Spec], names: list[str], args: argparse.Namespace) -> int:
+    """Write every worker's config.json and print the one-host command for each (--prepare-only)."""
+    for spec in specs:
+        for name in names:
+            folder = run_dir / folder_name(name, spec, args.seeds)
+            # resume=True: a worker started again after a stop continues from its checkpoint
+            config = write_config(name, spec, folder, args.data_dir, checkpoint_every=args.checkpoint_every,
+                                  resume=True)
+            argv = launch.command(name, spec.devices, ["-m", "common.worker", str(config)])
+            env = launch.environment(name, spec.devices)
+            needs = [f"{k}={shlex.quote(v)}" for k, v in env.items() if os.environ.get(k) != v]
+            print(" ".join([*needs, shlex.join([Path(argv[0]).name, *argv[1:]])]))
+    print(f"\nprepared {run_dir}: run each command above (on several hosts: under the framework's launcher, "
+          f"README.md \"Several devices and hosts\"), then: python compare.py --resume {run_dir}", file=sys.stderr)
+    return 0
 
 
 def command_report(argv: list[str]) -> int:

@@ -31,6 +31,15 @@ The contract (every array crossing it is NumPy; names and layouts are canonical,
         def rng_state(self) -> np.ndarray
         def set_rng_state(self, state) -> None
             # the framework RNG(s) behind fast mode, so a resumed run draws the noise it would have
+        is_main: bool
+            # optional (default True): False in the processes of a several-process run that must not
+            # write files (torch's ranks 1..N-1, JAX's and TensorFlow's other hosts)
+
+With spec.devices = N > 1 every method above still takes and returns the global arrays; the
+backend splits each batch (and each evaluation chunk) across its N devices with its framework's
+own engine (torch DDP under torchrun, a JAX device mesh, tf.distribute), sums the gradient over
+the global batch, and draws fast-mode training noise for the global batch, so the N-device run
+is the 1-device run up to the order of the sums (tests/test_distributed.py).
 """
 
 from __future__ import annotations

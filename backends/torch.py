@@ -5,10 +5,17 @@ root), so the suite's optimizer is PyTorch's own. Its step is compiled (torch.co
 its dozen elementwise passes over every parameter into one loop, a third of an eager step on
 this CPU); set VAE_COMPARE_TORCH_COMPILE=0 to run it eagerly. nn.Linear stores weight as
 (out, in); the canonical layout is (in, out), so kernels are transposed on the way in and out.
+
+With spec.devices = N > 1 the backend is one of N processes started by torchrun (common/launch.py)
+and the model is wrapped in DistributedDataParallel (gloo on CPU, NCCL on GPU): each process
+takes its rows of the global batch and of the global noise, and DDP all-reduces the gradient.
+Every contract method still takes and returns the global arrays. The device is the GPU of the
+process's LOCAL_RANK when CUDA is available, else the CPU (VAE_COMPARE_TORCH_DEVICE overrides).
 """
 
 from __future__ import annotations
 
+import atexit
 import math
 import os
 import sys
@@ -120,18 +127,60 @@ def canonical_to_module(spec: Spec) -> dict[str, str]:
     return names
 
 
+def join_process_group(devices: int) -> tuple[int, int, int, int]:
+    """(rank, world size, local rank, processes on this host) of this torchrun process."""
+    import torch.distributed as dist
+
+    if "WORLD_SIZE" not in os.environ:
+        raise RuntimeError(f"torch on {devices} devices runs one process per device under torchrun: "
+                           f"torchrun --nproc-per-node {devices} ... (compare.py --devices {devices} starts it so)")
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        atexit.register(dist.destroy_process_group)
+    if dist.get_world_size() != devices:
+        raise RuntimeError(f"spec asks for {devices} devices but torchrun started {dist.get_world_size()} processes")
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", devices))
+    return dist.get_rank(), devices, int(os.environ.get("LOCAL_RANK", 0)), local_world
+
+
+def pick_device(local_rank: int) -> torch.device:
+    name = os.environ.get("VAE_COMPARE_TORCH_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name, local_rank) if name == "cuda" else torch.device(name)
+
+
+def gather(arrays: tuple[np.ndarray, ...], world: int) -> tuple[np.ndarray, ...]:
+    """Every process's arrays concatenated in rank order (all processes get the result)."""
+    import torch.distributed as dist
+
+    parts: list = [None] * world
+    dist.all_gather_object(parts, arrays)
+    return tuple(np.concatenate([p[i] for p in parts]) for i in range(len(arrays)))
+
+
 class Backend:
     name = "torch"
 
     def load(self, spec: Spec, params: dict[str, np.ndarray], train_x: np.ndarray) -> None:
-        torch.set_num_threads(os.cpu_count() or 1)
+        self.rank, self.world, local_rank, local_world = (
+            join_process_group(spec.devices) if spec.devices > 1 else (0, 1, 0, 1))
+        self.is_main = self.rank == 0
+        self.device = pick_device(local_rank)
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
         self.spec = spec
         self.dtype = getattr(torch, spec.dtype)
-        self.model = VAE(spec).to(self.dtype)
+        self.model = VAE(spec).to(self.device, self.dtype)
         self.names = canonical_to_module(spec)
         self.load_params(params)
-        self.train_x = torch.from_numpy(np.asarray(train_x)).to(self.dtype)
-        self.generator = torch.Generator().manual_seed(spec.seed)
+        self.train_x = torch.from_numpy(np.asarray(train_x)).to(self.device, self.dtype)
+        self.generator = torch.Generator(self.device).manual_seed(spec.seed)
+        self.forward = self.model
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            # DDP averages the gradient over processes; the loss is scaled by world size to make it the sum
+            self.forward = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                forward_sync_buffers=False)  # the only buffers are the fixed MADE masks, the same everywhere
         self.optimizer = torch.optim.RMSprop(
             self.model.parameters(), lr=spec.learning_rate, alpha=spec.rmsprop_decay,
             eps=spec.rmsprop_eps, centered=True, foreach=True)
@@ -154,62 +203,88 @@ class Backend:
         state = self.model.state_dict()
         with torch.no_grad():
             for canonical, key in self.names.items():
-                value = torch.from_numpy(np.asarray(params[canonical], dtype=self.spec.dtype))
+                value = self.tensor(params[canonical])
                 state[key].copy_(value.T if value.ndim == 2 else value)
 
     def params(self) -> dict[str, np.ndarray]:
         state = self.model.state_dict()
-        return {c: (state[k].T if state[k].ndim == 2 else state[k]).detach().numpy().copy()
+        return {c: (state[k].T if state[k].ndim == 2 else state[k]).detach().cpu().numpy().copy()
                 for c, k in self.names.items()}
 
-    def noise(self, *shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=self.generator, dtype=self.dtype)
+    def noise(self, *shape: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        return torch.randn(*shape, generator=generator or self.generator, dtype=self.dtype, device=self.device)
+
+    def tensor(self, a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(a, dtype=self.spec.dtype)).to(self.device)
 
     def preview_noise(self, steps: int) -> np.ndarray:
-        generator = torch.Generator()
+        generator = torch.Generator(self.device)
         generator.set_state(self.generator.get_state())
         shape = (self.spec.batch_size, self.spec.latent_size)
-        return np.stack([torch.randn(*shape, generator=generator, dtype=self.dtype).numpy()
-                         for _ in range(steps)])
+        return np.stack([self.noise(*shape, generator=generator).cpu().numpy() for _ in range(steps)])
+
+    def my_rows(self, n: int) -> slice:
+        """This process's rows of n: equal contiguous parts (the last ones one shorter), in rank order."""
+        sizes = [len(part) for part in np.array_split(np.arange(n), self.world)]
+        start = sum(sizes[:self.rank])
+        return slice(start, start + sizes[self.rank])
 
     def train(self, batch_indices: np.ndarray, noise: np.ndarray | None = None) -> float:
-        indices = torch.from_numpy(np.asarray(batch_indices, dtype=np.int64))
-        total = torch.zeros((), dtype=self.dtype)
+        indices = torch.from_numpy(np.asarray(batch_indices, dtype=np.int64)).to(self.device)
+        rows = self.my_rows(indices.shape[1])
+        total = torch.zeros((), dtype=self.dtype, device=self.device)
         for s in range(len(indices)):
-            x = self.train_x.index_select(0, indices[s])
-            eps = (self.noise(*x.shape[:1], self.spec.latent_size) if noise is None
-                   else torch.from_numpy(np.asarray(noise[s], dtype=self.spec.dtype)))
-            elbo = self.model(x, eps)
+            x = self.train_x.index_select(0, indices[s, rows])
+            # the global batch's noise, drawn whole on every process, so N processes train the 1-process run
+            eps = (self.noise(indices.shape[1], self.spec.latent_size) if noise is None
+                   else self.tensor(noise[s]))[rows]
+            elbo = self.forward(x, eps)
             self.optimizer.zero_grad(set_to_none=True)
-            (-elbo.sum()).backward()
+            loss = -elbo.sum()
+            (loss * self.world if self.world > 1 else loss).backward()
             self.step_optimizer()
             total += elbo.detach().mean()
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(total)
+            total /= self.world
         return total.item() / len(indices)  # one host sync per call
 
     @torch.no_grad()
     def evaluate(self, x: np.ndarray, k: int, noise: np.ndarray | None = None):
-        x = torch.from_numpy(np.asarray(x)).to(self.dtype)
+        """Each process evaluates its rows of x; with N > 1 and no noise given, process r draws from
+        its own generator, seeded from one draw of the shared one (so a checkpoint's RNG state fixes it)."""
+        generator = None
+        if self.world > 1 and noise is None:
+            seed = int(torch.randint(2**62, (1,), generator=self.generator, device=self.device))
+            generator = torch.Generator(self.device).manual_seed(seed + self.rank)
+        rows = self.my_rows(len(x))
+        x = torch.from_numpy(np.asarray(x[rows])).to(self.device, self.dtype)
         chunk = max(1, EVAL_SAMPLES_PER_CHUNK // k)
         elbos, log_pxs = [], []
         for start in range(0, len(x), chunk):
             xc = x[start:start + chunk]
-            eps = (self.noise(k, len(xc), self.spec.latent_size) if noise is None else
-                   torch.from_numpy(np.asarray(noise[:, start:start + chunk], dtype=self.spec.dtype)))
+            eps = (self.noise(k, len(xc), self.spec.latent_size, generator=generator) if noise is None else
+                   self.tensor(noise[:, rows][:, start:start + chunk]))
             log_w = self.model(xc, eps)  # (K, n)
             elbos.append(log_w.mean(0))
             log_pxs.append(torch.logsumexp(log_w, 0) - math.log(k))
-        return (torch.cat(elbos).double().numpy(), torch.cat(log_pxs).double().numpy())
+        out = tuple(torch.cat(parts).double().cpu().numpy() for parts in (elbos, log_pxs))
+        return gather(out, self.world) if self.world > 1 else out
 
     def elbo_and_grads(self, x: np.ndarray, noise: np.ndarray):
+        rows = self.my_rows(len(x))
         self.model.zero_grad(set_to_none=True)
-        elbo = self.model(torch.from_numpy(np.asarray(x)).to(self.dtype),
-                          torch.from_numpy(np.asarray(noise, dtype=self.spec.dtype)))
-        elbo.sum().backward()
+        elbo = self.forward(torch.from_numpy(np.asarray(x[rows])).to(self.device, self.dtype),
+                            self.tensor(noise[rows]))
+        (elbo.sum() * self.world if self.world > 1 else elbo.sum()).backward()
         grads = dict(self.model.named_parameters())
-        out = {c: (grads[k].grad.T if grads[k].grad.ndim == 2 else grads[k].grad).numpy().copy()
+        out = {c: (grads[k].grad.T if grads[k].grad.ndim == 2 else grads[k].grad).cpu().numpy().copy()
                for c, k in self.names.items()}
         self.model.zero_grad(set_to_none=True)
-        return elbo.detach().numpy(), out
+        elbo = elbo.detach().cpu().numpy()
+        return (gather((elbo,), self.world)[0] if self.world > 1 else elbo), out
 
     def optimizer_state(self) -> dict[str, dict[str, np.ndarray]]:
         params = dict(self.model.named_parameters())
@@ -218,11 +293,11 @@ class Backend:
             slot = self.optimizer.state.get(params[k], {})
             for name in out:
                 value = slot.get(name, torch.zeros_like(params[k])).detach()
-                out[name][c] = (value.T if value.ndim == 2 else value).numpy().copy()
+                out[name][c] = (value.T if value.ndim == 2 else value).cpu().numpy().copy()
         return out
 
     def rng_state(self) -> np.ndarray:
-        return self.generator.get_state().numpy().copy()
+        return self.generator.get_state().cpu().numpy().copy()
 
     def set_rng_state(self, state: np.ndarray) -> None:
         self.generator.set_state(torch.from_numpy(np.asarray(state, np.uint8)))
@@ -233,5 +308,5 @@ class Backend:
             slot = self.optimizer.state[params[k]]
             slot["step"] = torch.tensor(1.0)
             for name in ("square_avg", "grad_avg"):
-                value = torch.from_numpy(np.asarray(state[name][c], dtype=self.spec.dtype))
+                value = self.tensor(state[name][c])
                 slot[name] = (value.T if value.ndim == 2 else value).clone()

@@ -10,6 +10,14 @@ from pathlib import Path
 
 COLUMNS = ["family", "backend", "test ELBO", "test log p(x)", "Δ log p(x) (paired)",
            "train ex/s", "train % peak", "CPU steal", "warm-up s", "eval samples/s", "eval % peak", "wall s", "status"]
+DEVICE_COLUMNS = ["devices", "train ex/s per device"]  # shown after "train ex/s" when a run used several
+
+
+def columns(results: dict) -> list[str]:
+    if not any(run.get("spec", {}).get("devices", 1) > 1 for run in results["runs"]):
+        return COLUMNS
+    at = COLUMNS.index("train ex/s") + 1
+    return COLUMNS[:at] + DEVICE_COLUMNS + COLUMNS[at:]
 
 
 def pm(mean: float, se: float, digits: int = 2) -> str:
@@ -31,7 +39,7 @@ def rows(results: dict) -> list[dict[str, str]]:
     paired = {(p["family"], p.get("seed"), p["backend"]): p for p in results.get("paired", [])}
     out = []
     for run in results["runs"]:
-        row = dict.fromkeys(COLUMNS, "–")
+        row = dict.fromkeys(COLUMNS + DEVICE_COLUMNS, "–")
         backend = run["backend"] + (f" (seed {run['seed']})" if results.get("seeds", 1) > 1 else "")
         row.update(family=run["family"], backend=backend, status=run["status"])
         if run["status"] == "ok":
@@ -48,6 +56,8 @@ def rows(results: dict) -> list[dict[str, str]]:
                 timing, flops = run["timing"], run["flops"]
                 row.update({
                     "train ex/s": number(timing["examples_per_s"]),
+                    "devices": str(timing.get("devices", 1)),
+                    "train ex/s per device": number(timing["examples_per_s"] / timing.get("devices", 1)),
                     "train % peak": percent_of_peak(flops["train_flop_per_s"], results),
                     "eval % peak": percent_of_peak(test["samples_per_s"] * flops["eval_per_sample"], results),
                     "warm-up s": number(timing["warmup_s"], 1),
@@ -68,17 +78,18 @@ def run_folder(run_dir: Path, run: dict) -> Path:
 
 
 def text_table(results: dict) -> str:
-    table = rows(results)
-    widths = {c: max(len(c), *(len(r[c]) for r in table)) for c in COLUMNS}
-    lines = ["  ".join(c.ljust(widths[c]) for c in COLUMNS)]
-    lines.append("  ".join("-" * widths[c] for c in COLUMNS))
-    lines += ["  ".join(r[c].ljust(widths[c]) for c in COLUMNS) for r in table]
+    table, names = rows(results), columns(results)
+    widths = {c: max(len(c), *(len(r[c]) for r in table)) for c in names}
+    lines = ["  ".join(c.ljust(widths[c]) for c in names)]
+    lines.append("  ".join("-" * widths[c] for c in names))
+    lines += ["  ".join(r[c].ljust(widths[c]) for c in names) for r in table]
     return "\n".join(lines)
 
 
 def markdown_table(results: dict) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(r[c] for c in COLUMNS) + " |" for r in rows(results)]
+    names = columns(results)
+    lines = ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
+    lines += ["| " + " | ".join(r[c] for c in names) + " |" for r in rows(results)]
     return "\n".join(lines)
 
 
@@ -124,7 +135,9 @@ def markdown(results: dict, figures: list[str] | None = None) -> str:
                f"{spec['steps']:,} steps, centered RMSprop lr {spec['learning_rate']}, "
                f"{spec['dtype']}, seed {spec['seed']}; validation every {spec['eval_every']:,} steps on "
                f"{spec['valid_examples']:,} examples; best-validation parameters on "
-               f"{spec['test_examples']:,} test examples with K = {spec['eval_k']}.")
+               f"{spec['test_examples']:,} test examples with K = {spec['eval_k']}."
+               + (f" Data-parallel over {spec['devices']} devices (the batch of {spec['batch_size']} split "
+                  "evenly; the gradient is the whole batch's)." if spec.get("devices", 1) > 1 else ""))
     versions = sorted({f"{k} {v}" for run in results["runs"] for k, v in run.get("versions", {}).items()})
     return "\n".join([
         f"# {results['run']}", "",
@@ -202,7 +215,7 @@ def write_index(results_root: Path) -> None:
 
 def write_csv(results: dict, path: Path) -> None:
     with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=columns(results), extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows(results))
 

@@ -32,6 +32,9 @@ class Spec:
     test_examples: int = 10_000  # first n of the test split used for the reported numbers
     seed: int = 0
     dtype: str = "float32"
+    # data parallelism: the global batch is split across this many devices (processes for torch);
+    # the gradient is that of the summed ELBO over the global batch, as on one device
+    devices: int = 1
 
     def __post_init__(self) -> None:
         problems = []
@@ -40,9 +43,11 @@ class Spec:
         if self.dtype not in DTYPES:
             problems.append(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         for name in ("hidden_size", "latent_size", "batch_size", "steps", "eval_every", "eval_k",
-                     "valid_examples", "test_examples"):
+                     "valid_examples", "test_examples", "devices"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.devices > 0 and self.batch_size > 0 and self.batch_size % self.devices:
+            problems.append(f"batch-size {self.batch_size} does not split evenly across {self.devices} devices")
         if self.flow_steps < 0:
             problems.append(f"flow-steps must be >= 0, got {self.flow_steps}")
         if self.learning_rate <= 0:

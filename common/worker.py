@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 import backends
-from common import data
+from common import data, launch
 from common.init import init_params
 from common.metrics import (
     cpu_times,
@@ -58,10 +58,16 @@ def window_size(spec: Spec) -> int:
     return math.gcd(TIMING_WINDOW, spec.eval_every, spec.steps)
 
 
-def progress_bar(total: int, desc: str):
+def progress_bar(total: int, desc: str, show: bool = True):
     from tqdm import tqdm
     return tqdm(total=total, desc=desc, unit="step", file=sys.stderr, mininterval=1.0,
-                dynamic_ncols=True, smoothing=0.1)
+                dynamic_ncols=True, smoothing=0.1, disable=not show)
+
+
+def is_main(backend) -> bool:
+    """Whether this process writes the results: all but one process of a run on several processes
+    (torch's ranks 1..N-1, JAX's and TensorFlow's other hosts) compute without writing."""
+    return getattr(backend, "is_main", True)
 
 
 def evaluate_split(backend, x: np.ndarray, k: int) -> dict:
@@ -146,7 +152,8 @@ def train_and_evaluate(backend_name: str, spec: Spec, dataset: data.Dataset, out
     wall_before = loop["wall_seconds"]
     valid_x, test_x = dataset.valid[:spec.valid_examples], dataset.test[:spec.test_examples]
     window = math.gcd(window_size(spec), checkpoint_every)
-    bar = progress_bar(spec.steps, f"{backend_name} {spec.variational}")
+    main = is_main(backend)
+    bar = progress_bar(spec.steps, f"{backend_name} {spec.variational}", show=main)
     bar.update(loop["step"])
     for start in range(loop["step"], spec.steps, window):
         indices = data.batch_indices(len(dataset.train), spec.batch_size, spec.seed, start, start + window)
@@ -174,7 +181,7 @@ def train_and_evaluate(backend_name: str, spec: Spec, dataset: data.Dataset, out
             loop["validation"].append(dict(step=step, train_seconds=loop["train_seconds"], **result))
             if result["log_px"] > loop["best_log_px"]:
                 loop["best_log_px"], loop["best_step"], best_params = result["log_px"], step, backend.params()
-        if step % checkpoint_every == 0 or step == spec.steps:
+        if (step % checkpoint_every == 0 or step == spec.steps) and main:
             loop["wall_seconds"] = wall_before + time.perf_counter() - started
             save_checkpoint(out_dir, backend, loop, best_params)
             if stop_after is not None and step >= stop_after and step < spec.steps:
@@ -186,8 +193,9 @@ def train_and_evaluate(backend_name: str, spec: Spec, dataset: data.Dataset, out
     backend.load(spec, best_params, dataset.train)
     test = evaluate_split(backend, test_x, spec.eval_k)
     test_elbo, test_log_px = test.pop("per_example")
-    np.savez(out_dir / "test_per_example.npz", elbo=test_elbo, log_px=test_log_px)
-    save_params(out_dir / "params.safetensors", best_params)
+    if main:
+        np.savez(out_dir / "test_per_example.npz", elbo=test_elbo, log_px=test_log_px)
+        save_params(out_dir / "params.safetensors", best_params)
     timing = steady_state(loop["window_steps"], loop["window_seconds"], spec.batch_size)
     flops = train_flops_per_example(spec)
     steal = loop["steal"]
@@ -195,12 +203,13 @@ def train_and_evaluate(backend_name: str, spec: Spec, dataset: data.Dataset, out
         status="ok", backend=backend_name, family=spec.variational, spec=spec.to_dict(),
         test=test, best_step=loop["best_step"], validation=loop["validation"], train_curve=loop["curve"],
         resumed=bool(restored),
-        timing=dict(timing, train_seconds=loop["train_seconds"], window_steps=window,
+        timing=dict(timing, train_seconds=loop["train_seconds"], window_steps=window, devices=spec.devices,
+                    examples_per_s_per_device=timing["examples_per_s"] / spec.devices,
                     cpu_steal_fraction=float(np.median(steal)) if steal and None not in steal else None,
                     wall_seconds=wall_before + time.perf_counter() - started),
         flops=dict(train_per_example=flops, eval_per_sample=eval_flops_per_sample(spec),
                    train_flop_per_s=flops * timing["examples_per_s"]),
-        versions=package_versions(backend_name))
+        versions=package_versions(backend_name), main=main)
 
 
 def save_params(path: Path, params: dict[str, np.ndarray]) -> None:
@@ -221,9 +230,10 @@ def evaluate_saved(backend_name: str, spec: Spec, params_path: Path, test_x: np.
     backend.load(spec, load_params(params_path), test_x)
     test = evaluate_split(backend, test_x, spec.eval_k)
     elbo, log_px = test.pop("per_example")
-    np.savez(out_dir / "test_per_example.npz", elbo=elbo, log_px=log_px)
+    if is_main(backend):
+        np.savez(out_dir / "test_per_example.npz", elbo=elbo, log_px=log_px)
     return dict(status="ok", backend=backend_name, family=spec.variational, spec=spec.to_dict(), test=test,
-                params=str(params_path), versions=package_versions(backend_name))
+                params=str(params_path), versions=package_versions(backend_name), main=is_main(backend))
 
 
 def main(argv: list[str]) -> int:
@@ -249,6 +259,8 @@ def main(argv: list[str]) -> int:
         metrics, code = dict(status="failed", error=f"{type(e).__name__}: {e}"), 1
     metrics.setdefault("backend", config["backend"])
     metrics.setdefault("family", spec.variational)
+    if not metrics.pop("main", launch.is_main_process()):  # another process of this run writes the results
+        return code
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
     if code:
         print(f"error: {config['backend']} {spec.variational}: {metrics['error']}", file=sys.stderr)

@@ -112,6 +112,8 @@ def test_seeds_repeat_the_comparison_and_report_the_spread(tmp_path):
     (["--hidden-size", "0"], "hidden-size must be positive"),
     (["--latent-size", "-2"], "latent-size must be positive"),
     (["--seeds", "0"], "seeds must be positive"),
+    (["--devices", "0"], "devices must be positive"),
+    (["--devices", "3"], "batch-size 128 does not split evenly across 3 devices"),
     (["--data-dir", "/nonexistent"], "not found in /nonexistent"),
 ])
 def test_bad_input_is_one_clear_line_and_exit_2(args, message, tmp_path):

@@ -1,0 +1,64 @@
+"""One backend on N devices, float64, fixed inputs: what tests/test_distributed.py compares across N.
+
+    python tests/distributed_run.py BACKEND FAMILY DEVICES OUT.npz
+
+Started through common.launch.command / environment (torchrun for torch), exactly as compare.py
+starts a worker. Writes, from the main process only: the per-example ELBO and the gradient of
+the summed ELBO on one batch, evaluation with given noise, 20 centered-RMSprop steps with given
+noise (parameters and optimizer state after them), then 5 fast-mode steps and a fast-mode
+evaluation (the backend's own noise).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import backends  # noqa: E402
+from common.init import init_params, made_masks  # noqa: E402
+from common.spec import Spec  # noqa: E402
+
+# small but complete: every parameter of both families, a batch that splits across the devices,
+# and an evaluation set (11 examples) that does not
+SPEC = dict(hidden_size=32, latent_size=8, flow_steps=2, batch_size=16, dtype="float64", seed=3,
+            learning_rate=3e-3)
+N_TRAIN, N_EVAL, EVAL_K, STEPS, FAST_STEPS = 64, 11, 5, 20, 5
+
+
+def main(backend_name: str, family: str, devices: int, out: Path) -> None:
+    spec = Spec(variational=family, devices=devices, **SPEC)
+    rng = np.random.default_rng(11)
+    train_x = (rng.random((N_TRAIN, 784)) < 0.3).astype(np.uint8)
+    params = init_params(spec)
+    for k, mask in made_masks(spec).items():  # non-zero flow outputs, so every flow term has a gradient
+        if ".out." in k:
+            params[k] = 0.05 * rng.standard_normal(mask.shape) * mask
+    backend = backends.create(backend_name)
+    backend.load(spec, params, train_x)
+    L, B = spec.latent_size, spec.batch_size
+
+    elbo, grads = backend.elbo_and_grads(train_x[:B], rng.standard_normal((B, L)))
+    eval_elbo, eval_log_px = backend.evaluate(train_x[:N_EVAL], EVAL_K, rng.standard_normal((EVAL_K, N_EVAL, L)))
+    indices = rng.integers(0, N_TRAIN, (STEPS, B))
+    train_mean = backend.train(indices, rng.standard_normal((STEPS, B, L)))
+    params, state = backend.params(), backend.optimizer_state()
+    fast_mean = backend.train(rng.integers(0, N_TRAIN, (FAST_STEPS, B)))
+    fast_elbo, fast_log_px = backend.evaluate(train_x[:N_EVAL], EVAL_K)
+    fast_params = backend.params()
+
+    if getattr(backend, "is_main", True):
+        arrays = dict(elbo=elbo, eval_elbo=eval_elbo, eval_log_px=eval_log_px, train_mean=train_mean,
+                      fast_mean=fast_mean, fast_elbo=fast_elbo, fast_log_px=fast_log_px)
+        arrays |= {f"grad/{k}": v for k, v in grads.items()}
+        arrays |= {f"param/{k}": v for k, v in params.items()}
+        arrays |= {f"{slot}/{k}": v for slot, d in state.items() for k, v in d.items()}
+        arrays |= {f"fast_param/{k}": v for k, v in fast_params.items()}
+        np.savez(out, **arrays)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), Path(sys.argv[4]))
