@@ -1,6 +1,6 @@
 """One backend on N devices, float64, fixed inputs: what tests/test_distributed.py compares across N.
 
-    python tests/distributed_run.py BACKEND FAMILY DEVICES OUT.npz
+    python tests/distributed_run.py BACKEND DEVICES OUT_DIR     # writes OUT_DIR/<family>.npz, both families
 
 Started through common.launch.command / environment (torchrun for torch), exactly as compare.py
 starts a worker. Writes, from the main process only: the per-example ELBO and the gradient of
@@ -29,7 +29,7 @@ SPEC = dict(hidden_size=32, latent_size=8, flow_steps=2, batch_size=16, dtype="f
 N_TRAIN, N_EVAL, EVAL_K, STEPS, FAST_STEPS = 64, 11, 5, 20, 5
 
 
-def main(backend_name: str, family: str, devices: int, out: Path) -> None:
+def run(backend_name: str, family: str, devices: int, out: Path) -> None:
     spec = Spec(variational=family, devices=devices, **SPEC)
     rng = np.random.default_rng(11)
     train_x = (rng.random((N_TRAIN, 784)) < 0.3).astype(np.uint8)
@@ -61,4 +61,5 @@ def main(backend_name: str, family: str, devices: int, out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), Path(sys.argv[4]))
+    for family in ("mean-field", "iaf"):  # one process for both: a framework starts once per run
+        run(sys.argv[1], family, int(sys.argv[2]), Path(sys.argv[3]) / f"{family}.npz")

@@ -1,6 +1,6 @@
 """Data parallelism: N devices compute what one device computes (float64, fixed noise).
 
-Each case runs tests/distributed_run.py twice, on 1 and on 2 devices, launched as compare.py
+Each backend runs tests/distributed_run.py (both families) twice, on 1 and on 2 devices, launched as compare.py
 launches a worker (common/launch.py): torch as two gloo processes under torchrun, JAX with two
 XLA host devices, TensorFlow with MirroredStrategy over two logical CPU devices. The 2-device
 gradient must equal the 1-device gradient to relative 1e-10, and 20 RMSprop steps to 1e-8:
@@ -23,25 +23,30 @@ from common import launch
 SCRIPT = ROOT / "tests" / "distributed_run.py"
 
 
-def run(backend: str, family: str, devices: int, out_dir) -> dict[str, np.ndarray]:
-    out = out_dir / f"{backend}-{family}-{devices}.npz"
-    target = [str(SCRIPT), backend, family, str(devices), str(out)]
+def run(backend: str, devices: int, out_dir) -> dict[str, dict[str, np.ndarray]]:
+    """{family: arrays} of one harness process (both families) for backend on devices."""
+    out_dir.mkdir()
+    target = [str(SCRIPT), backend, str(devices), str(out_dir)]
     done = subprocess.run(launch.command(backend, devices, target), cwd=ROOT, capture_output=True, text=True,
                           env=launch.environment(backend, devices), timeout=600)
     assert done.returncode == 0, f"{backend} on {devices} devices failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-    with np.load(out) as f:
-        return dict(f)
+    out = {}
+    for family in FAMILIES:
+        with np.load(out_dir / f"{family}.npz") as f:
+            out[family] = dict(f)
+    return out
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    cache: dict[tuple[str, str], tuple[dict, dict]] = {}
+    cache: dict[str, tuple[dict, dict]] = {}
 
     def get(backend: str, family: str):
-        if (backend, family) not in cache:
-            folder = tmp_path_factory.mktemp(f"{backend}-{family}")
-            cache[backend, family] = run(backend, family, 1, folder), run(backend, family, 2, folder)
-        return cache[backend, family]
+        if backend not in cache:
+            folder = tmp_path_factory.mktemp(backend)
+            cache[backend] = run(backend, 1, folder / "one"), run(backend, 2, folder / "two")
+        one, two = cache[backend]
+        return one[family], two[family]
     return get
 
 
