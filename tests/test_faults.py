@@ -155,7 +155,10 @@ def test_ctrl_c_writes_the_results_completed_so_far(tmp_path, when):
     env = dict(os.environ, BINARIZED_MNIST_DIR=str(data_dir()))
     cmd = [sys.executable, str(ROOT / "compare.py"), "--backends", "torch,jax", *TINY,
            "--steps", "5000", "--eval-every", "5000", "--out", str(out)]  # later flags win
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # as from a terminal: a shell that starts jobs in the background (a CI runner may) leaves SIGINT ignored,
+    # and Python then never raises KeyboardInterrupt
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     sign = out / "torch-mean-field" / ("metrics.json" if when == "after the first backend" else "log.txt")
     deadline = time.time() + 600
     while not sign.exists() and time.time() < deadline:
