@@ -156,9 +156,13 @@ def test_ctrl_c_writes_the_results_completed_so_far(tmp_path, when):
     cmd = [sys.executable, str(ROOT / "compare.py"), "--backends", "torch,jax", *TINY,
            "--steps", "5000", "--eval-every", "5000", "--out", str(out)]  # later flags win
     # as from a terminal: a shell that starts jobs in the background (a CI runner may) leaves SIGINT ignored,
-    # and Python then never raises KeyboardInterrupt
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    # an ignored signal stays ignored across exec, and Python then never raises KeyboardInterrupt; a handled
+    # one is reset to the default, so handle it here while the child starts
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     sign = out / "torch-mean-field" / ("metrics.json" if when == "after the first backend" else "log.txt")
     deadline = time.time() + 600
     while not sign.exists() and time.time() < deadline:
