@@ -162,16 +162,21 @@ def write_config(backend: str, spec: Spec, out_dir: Path, data_dir: str | None, 
     return config
 
 
+def worker_launch(backend: str, spec: Spec, config: Path) -> tuple[list[str], dict[str, str]]:
+    """argv and environment of the worker that reads config (torchrun's N processes for torch on N devices)."""
+    return (launch.command(backend, spec.devices, ["-m", "common.worker", str(config)]),
+            launch.environment(backend, spec.devices))
+
+
 def run_worker(backend: str, spec: Spec, out_dir: Path, data_dir: str | None, params: Path | None = None,
                checkpoint_every: int | None = None, resume: bool = False) -> dict:
     """One backend and family in a child process (N processes for torch on N devices); its output is
     shown and kept in log.txt. With params: evaluate those parameters on the test set instead of training."""
     config = write_config(backend, spec, out_dir, data_dir, params, checkpoint_every, resume)
     log_path = out_dir / "log.txt"
+    argv, env = worker_launch(backend, spec, config)
     with log_path.open("ab" if resume else "wb") as log:
-        child = subprocess.Popen(launch.command(backend, spec.devices, ["-m", "common.worker", str(config)]),
-                                 cwd=ROOT, env=launch.environment(backend, spec.devices),
-                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        child = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         try:
             while chunk := os.read(child.stdout.fileno(), 4096):
                 sys.stderr.buffer.write(chunk)
@@ -346,8 +351,7 @@ def prepare_only(run_dir: Path, specs: list[Spec], names: list[str], args: argpa
             # resume=True: a worker started again after a stop continues from its checkpoint
             config = write_config(name, spec, folder, args.data_dir, checkpoint_every=args.checkpoint_every,
                                   resume=True)
-            argv = launch.command(name, spec.devices, ["-m", "common.worker", str(config)])
-            env = launch.environment(name, spec.devices)
+            argv, env = worker_launch(name, spec, config)
             needs = [f"{k}={shlex.quote(v)}" for k, v in env.items() if os.environ.get(k) != v]
             print(" ".join([*needs, shlex.join([Path(argv[0]).name, *argv[1:]])]))
     print(f"\nprepared {run_dir}: run each command above (on several hosts: under the framework's launcher, "

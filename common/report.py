@@ -56,8 +56,9 @@ def rows(results: dict) -> list[dict[str, str]]:
                 timing, flops = run["timing"], run["flops"]
                 row.update({
                     "train ex/s": number(timing["examples_per_s"]),
-                    "devices": str(timing.get("devices", 1)),
-                    "train ex/s per device": number(timing["examples_per_s"] / timing.get("devices", 1)),
+                    "devices": str(timing.get("devices", 1)),  # runs from before --devices: one device
+                    "train ex/s per device": number(timing.get("examples_per_s_per_device",
+                                                               timing["examples_per_s"])),
                     "train % peak": percent_of_peak(flops["train_flop_per_s"], results),
                     "eval % peak": percent_of_peak(test["samples_per_s"] * flops["eval_per_sample"], results),
                     "warm-up s": number(timing["warmup_s"], 1),

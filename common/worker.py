@@ -181,10 +181,11 @@ def train_and_evaluate(backend_name: str, spec: Spec, dataset: data.Dataset, out
             loop["validation"].append(dict(step=step, train_seconds=loop["train_seconds"], **result))
             if result["log_px"] > loop["best_log_px"]:
                 loop["best_log_px"], loop["best_step"], best_params = result["log_px"], step, backend.params()
-        if (step % checkpoint_every == 0 or step == spec.steps) and main:
-            loop["wall_seconds"] = wall_before + time.perf_counter() - started
-            save_checkpoint(out_dir, backend, loop, best_params)
-            if stop_after is not None and step >= stop_after and step < spec.steps:
+        if step % checkpoint_every == 0 or step == spec.steps:
+            if main:
+                loop["wall_seconds"] = wall_before + time.perf_counter() - started
+                save_checkpoint(out_dir, backend, loop, best_params)
+            if stop_after is not None and step >= stop_after and step < spec.steps:  # every process stops
                 bar.close()
                 return dict(status="interrupted", backend=backend_name, family=spec.variational,
                             error=f"stopped after step {step}; continue with --resume", step=step)

@@ -18,8 +18,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from test_parity import perturbed_params  # noqa: E402  (this script's folder is tests/)
+
 import backends  # noqa: E402
-from common.init import init_params, made_masks  # noqa: E402
 from common.spec import Spec  # noqa: E402
 
 # small but complete: every parameter of both families, a batch that splits across the devices,
@@ -33,12 +34,8 @@ def run(backend_name: str, family: str, devices: int, out: Path) -> None:
     spec = Spec(variational=family, devices=devices, **SPEC)
     rng = np.random.default_rng(11)
     train_x = (rng.random((N_TRAIN, 784)) < 0.3).astype(np.uint8)
-    params = init_params(spec)
-    for k, mask in made_masks(spec).items():  # non-zero flow outputs, so every flow term has a gradient
-        if ".out." in k:
-            params[k] = 0.05 * rng.standard_normal(mask.shape) * mask
     backend = backends.create(backend_name)
-    backend.load(spec, params, train_x)
+    backend.load(spec, perturbed_params(spec, rng), train_x)  # non-zero flow outputs: every flow term has a gradient
     L, B = spec.latent_size, spec.batch_size
 
     elbo, grads = backend.elbo_and_grads(train_x[:B], rng.standard_normal((B, L)))
