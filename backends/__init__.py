@@ -1,78 +1,123 @@
-"""Backends: one module per framework, each a complete translation of one small contract.
+"""The backends, one folder per framework with the same module names in each, and the one registry of them.
 
-A backend module imports its framework only when it is used, so `import backends` and
-`import common` import none; a missing framework becomes BackendUnavailable, naming the
-package to install, and the other backends still run.
+    backends/<framework>/engine.py   Backend: the compiled step, optimizers, RNG streams, evaluation chunks
+    backends/<framework>/optim.py    the optimizers' updates in that framework
+    backends/<framework>/vae.py      the VAE, reading like the math (one module per model family)
+    backends/<framework>/distributed.py   the framework's own multi-device engine (not for numpy)
 
-The contract (every array crossing it is NumPy; names and layouts are canonical, see common/init.py):
-
-    class Backend:
-        name: str
-        def load(self, spec, params, train_x) -> None
-            # params: dict name -> array (any float dtype), cast to spec.dtype;
-            # train_x: (N, 784) uint8, kept on the device; the optimizer state starts at zero.
-        def train(self, batch_indices, noise=None) -> float
-            # len(batch_indices) centered-RMSprop steps on -sum_batch ELBO, batch s = train_x[batch_indices[s]];
-            # noise (S, B, L) given => parity mode (it is the eps of each step); None => the
-            # framework's own RNG on the device. Returns the mean over steps of the batch-mean ELBO.
-        def evaluate(self, x, k, noise=None) -> (elbo, log_px)
-            # x (N, 784); noise (K, N, L) or None; per-example ELBO averaged over the K samples and
-            # log p(x) = logsumexp_k(log p(x, z_k) - log q(z_k|x)) - log K, both (N,) float64.
-        def elbo_and_grads(self, x, noise) -> (elbo, grads)
-            # noise (B, L); per-example ELBO (B,) and d(sum ELBO)/d param for every canonical name.
-        def preview_noise(self, steps) -> np.ndarray
-            # (steps, B, L): the eps the next fast-mode train() call of that many steps will draw,
-            # without drawing it; lets a test prove fast mode and parity mode are one function.
-        def params(self) -> dict[str, np.ndarray]
-            # canonical names and layout, in spec.dtype.
-        def optimizer_state(self) -> dict[str, dict[str, np.ndarray]]
-            # {"square_avg": {name: array}, "grad_avg": {name: array}}, as common.reference keeps it.
-        def set_optimizer_state(self, state) -> None
-        def rng_state(self) -> np.ndarray
-        def set_rng_state(self, state) -> None
-            # the framework RNG(s) behind fast mode, so a resumed run draws the noise it would have
-        is_main: bool
-            # optional (default True): False in the processes of a several-process run that must not
-            # write files (torch's ranks 1..N-1, JAX's and TensorFlow's other hosts)
-
-With spec.devices = N > 1 every method above still takes and returns the global arrays; the
-backend splits each batch (and each evaluation chunk) across its N devices with its framework's
-own engine (torch DDP under torchrun, a JAX device mesh, tf.distribute), sums the gradient over
-the global batch, and draws fast-mode training noise for the global batch, so the N-device run
-is the 1-device run up to the order of the sums (tests/test_distributed.py).
+A backend module imports its framework only when it is used, so `import backends` imports none; a
+missing framework becomes BackendUnavailable, naming the package to install, and the others still run.
+REGISTRY below is the only list of the frameworks: the runner, the reports and the tests read it.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
+from dataclasses import dataclass
 
-NAMES = ("torch", "jax", "tensorflow")
-ALIASES = {"tf": "tensorflow", "pytorch": "torch"}
-PACKAGES = {  # what to install when the framework is missing
-    "torch": "torch==2.13.0",
-    "jax": "jax==0.10.2 flax==0.12.8 optax==0.2.8",
-    "tensorflow": "tensorflow-cpu==2.21.0",
-}
+from backends.contract import Backend
+
+
+@dataclass(frozen=True)
+class Framework:
+    name: str
+    aliases: tuple[str, ...]
+    requires: str  # the module whose absence makes the backend unavailable
+    install: str  # what to pip install when it is missing
+    distributions: tuple[str, ...]  # package names whose versions a run records
+    default: bool = True  # run by compare.py when --backends is not given
+    # variants, each a row of its own, run as name[variant] (e.g. keras[jax]); the first is what the bare name
+    # means, unless expand_all: then the bare name means every variant
+    variants: tuple[str, ...] = ()
+    expand_all: bool = False
+    variant_env: str = ""  # the environment variable a variant sets for its process (e.g. KERAS_BACKEND)
+    variant_requires: tuple[tuple[str, str], ...] = ()  # (variant, module it needs as well)
+
+    @property
+    def module(self) -> str:
+        return f"backends.{self.name}.engine"
+
+    def installed(self, variant: str | None = None) -> bool:
+        needs = [self.requires] + [m for v, m in self.variant_requires if v == variant]
+        return all(importlib.util.find_spec(m) is not None for m in needs)
+
+
+REGISTRY: tuple[Framework, ...] = (
+    Framework("numpy", ("reference",), "numpy", "numpy", ("numpy",), default=False),
+    Framework("torch", ("pytorch",), "torch", "torch==2.13.0", ("torch",)),
+    Framework("jax", ("flax",), "flax", "jax==0.10.2 flax==0.12.8 optax==0.2.8", ("jax", "jaxlib", "flax", "optax")),
+    Framework("tensorflow", ("tf",), "tensorflow", "tensorflow-cpu==2.21.0", ("tensorflow-cpu", "tensorflow")),
+)
+BY_NAME = {f.name: f for f in REGISTRY} | {a: f for f in REGISTRY for a in f.aliases}
+NAMES = tuple(f.name for f in REGISTRY)
+DEFAULT = tuple(f.name for f in REGISTRY if f.default)
 
 
 class BackendUnavailable(Exception):
     """The framework behind a backend is not installed."""
 
 
-def canonical_name(name: str) -> str:
+def split_name(name: str) -> tuple[str, str | None]:
+    """'keras[jax]' -> ('keras', 'jax'); 'torch' -> ('torch', None)."""
     key = name.strip().lower()
-    key = ALIASES.get(key, key)
-    if key not in NAMES:
-        raise ValueError(f"unknown backend {name!r}; choose from {', '.join(NAMES)} (or tf)")
-    return key
+    if key.endswith("]") and "[" in key:
+        base, variant = key[:-1].split("[", 1)
+        return base, variant
+    return key, None
 
 
-def create(name: str):
+def framework(name: str) -> Framework:
+    base, variant = split_name(name)
+    if base not in BY_NAME:
+        choices = ", ".join(f"{f.name}" + (f" ({'/'.join(f.aliases)})" if f.aliases else "") for f in REGISTRY)
+        raise ValueError(f"unknown backend {name!r}; choose from {choices}")
+    fw = BY_NAME[base]
+    if variant is not None and variant not in fw.variants:
+        raise ValueError(f"unknown variant {variant!r} of {fw.name}; choose from {', '.join(fw.variants) or 'none'}")
+    return fw
+
+
+def canonical_name(name: str) -> str:
+    """The row's name: the framework's, with its variant where it has one (keras[jax])."""
+    fw, (_, variant) = framework(name), split_name(name)
+    return f"{fw.name}[{variant}]" if variant else fw.name
+
+
+def expand(name: str) -> list[str]:
+    """The rows a name on the command line stands for: 'keras' -> keras[jax], keras[torch], keras[tensorflow]."""
+    fw, (_, variant) = framework(name), split_name(name)
+    if variant is None and fw.expand_all:
+        return [f"{fw.name}[{v}]" for v in fw.variants]
+    return [canonical_name(name)]
+
+
+def variant_of(name: str) -> str | None:
+    return split_name(name)[1]
+
+
+def installed(name: str) -> bool:
+    return framework(name).installed(variant_of(name))
+
+
+def environment(name: str) -> dict[str, str]:
+    """What a backend's process must have in its environment before the framework is imported."""
+    fw, variant = framework(name), variant_of(name)
+    return {fw.variant_env: variant} if fw.variant_env and variant else {}
+
+
+def create(name: str) -> Backend:
     """A fresh backend object; BackendUnavailable if its framework is not importable."""
-    key = canonical_name(name)
+    fw, variant = framework(name), variant_of(name)
     try:
-        module = importlib.import_module(f"backends.{key}")
-        return module.Backend()
+        module = importlib.import_module(fw.module)
     except ModuleNotFoundError as e:
-        raise BackendUnavailable(
-            f"backend {key!r} needs {e.name!r}, which is not installed: pip install {PACKAGES[key]}") from e
+        if e.name and not e.name.startswith("backends"):
+            raise BackendUnavailable(
+                f"backend {fw.name!r} needs {e.name!r}, which is not installed: pip install {fw.install}") from e
+        raise
+    return module.Backend(variant) if variant else module.Backend()
+
+
+__all__ = ["Backend", "BackendUnavailable", "DEFAULT", "Framework", "NAMES", "REGISTRY", "canonical_name",
+           "create", "environment", "expand", "framework", "installed", "variant_of"]

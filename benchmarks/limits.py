@@ -1,53 +1,88 @@
-"""What limits training throughput here: the GEMM-only ceiling, and where PyTorch's step goes.
+"""What limits training throughput here: every framework's GEMM, the GEMM-only ceiling, and a profile.
 
-  python benchmarks/limits.py gemm            # peak, the model's GEMMs alone, the ceiling in examples/s
-  python benchmarks/limits.py torch [FAMILY]  # torch.profiler over 100 steps of the default spec
+  python benchmarks/limits.py gemm [H]                     # each framework's best GEMM; the model's GEMMs alone
+  python benchmarks/limits.py profile torch [FAMILY] [H]   # torch.profiler over 100 steps
+
+Not part of the test run; `python compare.py bench` is the timing protocol whose figures the README quotes.
 """
 
 from __future__ import annotations
 
+import subprocess
 import sys
+import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
 
-from common import data, peak  # noqa: E402
-from common.init import init_params  # noqa: E402
-from common.metrics import train_flops_per_example  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import backends  # noqa: E402
+from common import data  # noqa: E402
+from common.models import family  # noqa: E402
+from common.params import init_params  # noqa: E402
 from common.spec import Spec  # noqa: E402
 
 
-def gemm() -> None:
-    square = peak.gemm_flop_per_s(4096, 4096, 4096, seconds=2.0)
-    print(f"4096² GEMM: {square / 1e9:.0f} GFLOP/s")
-    for family in ("mean-field", "iaf"):
-        spec = Spec(variational=family)
-        model = peak.model_gemm_flop_per_s(spec, seconds=2.0)
-        print(f"{family}: the model's GEMMs alone {model / 1e9:.0f} GFLOP/s ({100 * model / square:.0f}% of the "
-              f"square peak) -> at most {model / train_flops_per_example(spec):,.0f} examples/s")
+def spec_of(family_name: str = "mean-field", width: int = 512) -> Spec:
+    return Spec(variational=family_name, encoder=(width, width), decoder=(width, width))
 
 
-def torch_profile(family: str) -> None:
+def model_gemm_flop_per_s(spec: Spec, seconds: float = 2.0) -> float:
+    """FLOP/s of one training step's forward and backward GEMMs, run back to back in NumPy's BLAS."""
+    rng = np.random.default_rng(0)
+    jobs = []
+    for layer in family(spec).layers(spec):
+        x = rng.standard_normal((spec.batch_size, layer.fan_in), np.float32)
+        w = rng.standard_normal((layer.fan_in, layer.fan_out), np.float32)
+        dy = rng.standard_normal((spec.batch_size, layer.fan_out), np.float32)
+        jobs += [(x, w), (dy, w.T), (x.T, dy)]  # forward, input gradient, weight gradient
+    flops = sum(2.0 * a.shape[0] * a.shape[1] * b.shape[1] for a, b in jobs)
+    best, deadline = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        start = time.perf_counter()
+        for a, b in jobs:
+            a @ b
+        best = max(best, flops / (time.perf_counter() - start))
+    return best
+
+
+def gemm(width: int) -> None:
+    for name in backends.NAMES:  # each framework in its own process, as in a run
+        code = (f"import backends; B = backends.create({name!r}); "
+                f"print(B.matmul_flop_per_s(4096, 4096, 4096, 2.0), B.matmul_flop_per_s(128, {width}, {width}, 1.0))")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT).stdout.split()
+        if out:
+            print(f"{name:>10}: 4096² {float(out[0]) / 1e9:6.0f} GFLOP/s, 128x{width}x{width} "
+                  f"{float(out[1]) / 1e9:6.0f} GFLOP/s")
+    for family_name in ("mean-field", "iaf"):
+        spec = spec_of(family_name, width)
+        rate = model_gemm_flop_per_s(spec)
+        ceiling = rate / family(spec).flops_per_example(spec, 1, training=True)
+        print(f"{family_name}: the model's GEMMs alone in NumPy {rate / 1e9:.0f} GFLOP/s -> at most "
+              f"{ceiling:,.0f} examples/s with that BLAS")
+
+
+def profile(name: str, family_name: str, width: int) -> None:
     from torch.profiler import ProfilerActivity, profile
 
-    import backends
-
-    dataset = data.load(Path(__file__).resolve().parents[2] / "shared" / "data" / "binarized_mnist"
-                        if data.DIR_ENV not in __import__("os").environ else None)
-    spec = Spec(variational=family)
-    backend = backends.create("torch")
+    dataset = data.load()
+    spec = spec_of(family_name, width)
+    backend = backends.create(name)
     backend.load(spec, init_params(spec), dataset.train)
     indices = data.batch_indices(len(dataset.train), spec.batch_size, spec.seed, 0, 200)
     backend.train(indices[:100])  # compile, warm up
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         backend.train(indices[100:])
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["gemm"]:
-        gemm()
-    elif sys.argv[1:2] == ["torch"]:
-        torch_profile(sys.argv[2] if len(sys.argv) > 2 else "mean-field")
+        gemm(int(sys.argv[2]) if len(sys.argv) > 2 else 512)
+    elif sys.argv[1:2] == ["profile"]:
+        profile(sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else "mean-field",
+                int(sys.argv[4]) if len(sys.argv) > 4 else 512)
     else:
         sys.exit(__doc__)

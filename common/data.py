@@ -1,8 +1,14 @@
-"""Binarized MNIST (Larochelle's static binarization) and the one batch stream.
+"""Binarized MNIST (Larochelle's static binarization): where it comes from, its subsets and the one batch stream.
 
-Every backend trains on the same bytes in the same order: the files are checked against
-their published MD5, parsed once into uint8, and batches come from one seeded index stream
-that any backend (or a resumed run) can re-create from (seed, step) alone.
+Every backend trains on the same bytes in the same order. Sources, in order:
+  1. --data-dir, else $BINARIZED_MNIST_DIR: a folder with binarized_mnist_{train,valid,test}.amat[.gz];
+  2. the copy shipped inside this package (common/binarized_mnist/, 3 MB; origin and licence in its NOTICE);
+  3. a download cache (only ever filled by 4), re-verified on every read;
+  4. a download from $BINARIZED_MNIST_URL's addresses, then MIRRORS.
+Every source is checked against the published MD5 of the .amat files (the cache against the SHA-256 of the
+arrays those files parse to). Subsets (--valid-examples, --test-examples) are a fixed, seeded, uniformly
+drawn set of rows, the same for every backend, seed and run; batches come from one seeded index stream
+that any backend (or a resumed run) re-creates from (seed, step) alone.
 """
 
 from __future__ import annotations
@@ -22,14 +28,27 @@ from common.spec import N_PIXELS
 
 SPLITS = ("train", "valid", "test")
 SPLIT_SIZES = {"train": 50_000, "valid": 10_000, "test": 10_000}
-MD5 = {  # of the uncompressed .amat files
+MD5 = {  # of the uncompressed .amat files, as published with the data set
     "train": "db28b1a6ae0fe70cbd3da91acf46e477",
     "valid": "bf37822a04e94123630de6a7dfd9c9ef",
     "test": "14e41ae11040adba6ab8cb291eda0dd8",
 }
-# The address the reference implementation downloads from; BINARIZED_MNIST_URL overrides it.
-DEFAULT_URL = "http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist/"
+ARRAY_SHA256 = {  # of the (n, 784) uint8 arrays those files parse to: what the download cache is checked against
+    "train": "43490d4d6ac9002727af4426d8748609fdb7e4094fa65ad8d681ea60082a7a5a",
+    "valid": "069b4f0beb389b776478c3e872b4df71c95ac4be64d7cbe6d32e24ebac8e6d5e",
+    "test": "ca0294c3b8d984c7a1dc891015a8eea6f37bae59a34e35ea0fc8c47110a8dd86",
+}
+SHIPPED = Path(__file__).resolve().parent / "binarized_mnist"
+MIRRORS = (  # tried in order after $BINARIZED_MNIST_URL's addresses; any that serves the right bytes will do
+    "https://storage.googleapis.com/tensorflow/tf-keras-datasets",
+    "http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist",  # the original address
+)
 DIR_ENV, URL_ENV, CACHE_ENV = "BINARIZED_MNIST_DIR", "BINARIZED_MNIST_URL", "VAE_COMPARE_CACHE"
+# The test file is sorted by class with MNIST's test counts per digit 0..9 (the training and validation
+# files are shuffled and unlabelled); tests/test_data.py checks the boundaries against the images.
+TEST_CLASS_COUNTS = (980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009)
+SUBSET_SEED = 20_240_601  # fixed: a subset is the same rows whatever the run's --seed
+SYNTHETIC = "synthetic"  # the source of a family's own generated data (Dataset.source)
 
 
 class DataError(Exception):
@@ -41,7 +60,7 @@ class Dataset:
     train: np.ndarray  # (50000, 784) uint8 in {0, 1}
     valid: np.ndarray
     test: np.ndarray
-    source: str  # where it was read from, for results.json
+    source: str  # where it was read from, for results.json (no machine paths for the shipped copy)
 
 
 def amat_name(split: str) -> str:
@@ -65,8 +84,7 @@ def read_amat_bytes(path: Path) -> bytes:
         try:
             raw = gzip.decompress(raw)
         except (OSError, EOFError, zlib.error) as e:
-            raise DataError(f"{path} is not a complete gzip file ({e}); "
-                            "replace it with a fresh copy") from e
+            raise DataError(f"{path} is not a complete gzip file ({e}); replace it with a fresh copy") from e
     return raw
 
 
@@ -96,6 +114,17 @@ def parse_amat(raw: bytes, name: str) -> np.ndarray:
     return np.stack(out)
 
 
+def check_md5(raw: bytes, split: str, name: str) -> None:
+    digest = hashlib.md5(raw).hexdigest()
+    if digest != MD5[split]:
+        raise DataError(f"{name}: MD5 {digest} does not match the published {MD5[split]}; "
+                        "the file is corrupt or not Larochelle's binarized MNIST")
+
+
+def array_digest(a: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+
+
 def load_split_from_dir(directory: Path, split: str) -> np.ndarray:
     candidates = [directory / amat_name(split), directory / (amat_name(split) + ".gz")]
     path = next((p for p in candidates if p.exists()), None)
@@ -105,13 +134,6 @@ def load_split_from_dir(directory: Path, split: str) -> np.ndarray:
     raw = read_amat_bytes(path)
     check_md5(raw, split, str(path))
     return parse_amat(raw, str(path))
-
-
-def check_md5(raw: bytes, split: str, name: str) -> None:
-    digest = hashlib.md5(raw).hexdigest()
-    if digest != MD5[split]:
-        raise DataError(f"{name}: MD5 {digest} does not match the published {MD5[split]}; "
-                        "the file is corrupt or not Larochelle's binarized MNIST")
 
 
 def atomic_write(path: Path, write) -> None:
@@ -132,6 +154,7 @@ def cache_path(split: str) -> Path:
 
 
 def load_cached(split: str) -> np.ndarray | None:
+    """The cached array if it is exactly the verified one; a cache that is anything else is removed."""
     path = cache_path(split)
     if not path.exists():
         return None
@@ -139,39 +162,84 @@ def load_cached(split: str) -> np.ndarray | None:
         arr = np.load(path, allow_pickle=False)
     except (OSError, ValueError):
         arr = None
-    if arr is None or arr.shape != (SPLIT_SIZES[split], N_PIXELS) or arr.dtype != np.uint8 or arr.max() > 1:
-        path.unlink(missing_ok=True)  # corrupt: rebuild rather than trust
+    if arr is None or arr.dtype != np.uint8 or array_digest(arr) != ARRAY_SHA256[split]:
+        path.unlink(missing_ok=True)  # corrupt or tampered with: rebuild rather than trust
         return None
     return arr
 
 
+def mirrors() -> list[str]:
+    """$BINARIZED_MNIST_URL (one or more addresses, comma- or space-separated) first, then MIRRORS."""
+    extra = os.environ.get(URL_ENV, "").replace(",", " ").split()
+    return [u.rstrip("/") for u in [*extra, *MIRRORS]]
+
+
 def download_split(split: str) -> np.ndarray:
-    url = os.environ.get(URL_ENV, DEFAULT_URL).rstrip("/") + "/" + amat_name(split)
-    try:
-        with urllib.request.urlopen(url, timeout=60) as response:
-            raw = response.read()
-    except OSError as e:
-        raise DataError(f"cannot download {url} ({e}); without internet, pass --data-dir or set "
-                        f"{DIR_ENV} to a folder with the .amat[.gz] files, or set {URL_ENV} to a mirror") from e
-    check_md5(raw, split, url)
-    return parse_amat(raw, url)
+    failures = []
+    for base in mirrors():
+        url = f"{base}/{amat_name(split)}"
+        try:
+            with urllib.request.urlopen(url, timeout=60) as response:
+                raw = response.read()
+            check_md5(raw, split, url)
+            return parse_amat(raw, url)
+        except (OSError, DataError) as e:
+            failures.append(f"{url}: {e}")
+    raise DataError(f"cannot get {amat_name(split)} from any mirror ({'; '.join(failures)}); the package ships "
+                    f"the data in {SHIPPED}: reinstall it, or pass --data-dir / set {DIR_ENV} to a folder with the "
+                    f".amat[.gz] files, or add a mirror to {URL_ENV}")
 
 
 def load_split(split: str, data_dir: str | os.PathLike | None = None) -> tuple[np.ndarray, str]:
+    """(array, source): the first source in the module's order that has the split."""
     directory = data_dir or os.environ.get(DIR_ENV)
     if directory:
         return load_split_from_dir(Path(directory), split), str(directory)
+    if (SHIPPED / (amat_name(split) + ".gz")).exists():
+        return load_split_from_dir(SHIPPED, split), "shipped with vae-compare (common/binarized_mnist)"
     arr = load_cached(split)
     if arr is None:
         arr = download_split(split)
         atomic_write(cache_path(split), lambda f: np.save(f, arr, allow_pickle=False))
-    return arr, str(cache_dir())
+    return arr, "download cache"
 
 
 def load(data_dir: str | os.PathLike | None = None) -> Dataset:
-    """--data-dir, else $BINARIZED_MNIST_DIR, else the user cache (downloading into it once)."""
     loaded = {split: load_split(split, data_dir) for split in SPLITS}
     return Dataset(**{s: a for s, (a, _) in loaded.items()}, source=loaded["train"][1])
+
+
+def load_for(spec, data_dir: str | os.PathLike | None = None) -> Dataset:
+    """The data a spec's model family trains on: its own (factor analysis: synthetic) or binarized MNIST."""
+    from common.models import family
+
+    make = getattr(family(spec), "dataset", None)
+    return make(spec, data_dir) if make else load(data_dir)
+
+
+def split_sizes(spec) -> dict[str, int]:
+    from common.models import family
+
+    sizes = getattr(family(spec), "split_sizes", None)
+    return sizes(spec) if sizes else dict(SPLIT_SIZES)
+
+
+def subset_rows(split: str, n: int, size: int | None = None) -> np.ndarray:
+    """The rows of a split (of size rows, binarized MNIST's by default) that an n-example subset uses: a fixed
+    uniform draw without replacement (so class-balanced in expectation; nested: the first n of one
+    permutation), sorted; all rows when n is the split's size. The same for every backend, seed and run."""
+    size = SPLIT_SIZES[split] if size is None else size
+    if not 0 < n <= size:
+        raise ValueError(f"{split} subset of {n} examples: the split has {size:,}")
+    if n == size:
+        return np.arange(size)
+    order = np.random.default_rng(np.random.SeedSequence((SUBSET_SEED, SPLITS.index(split)))).permutation(size)
+    return np.sort(order[:n])
+
+
+def test_labels() -> np.ndarray:
+    """Digit labels of the test split, derived from its class-sorted order (TEST_CLASS_COUNTS)."""
+    return np.repeat(np.arange(10), TEST_CLASS_COUNTS)
 
 
 def batches_per_epoch(n_examples: int, batch_size: int) -> int:

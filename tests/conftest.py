@@ -1,8 +1,8 @@
-"""Shared fixtures. The data come from $BINARIZED_MNIST_DIR, else ../shared/data/binarized_mnist."""
+"""Shared fixtures. The data are the copy shipped inside the package (common/data), unless
+$BINARIZED_MNIST_DIR names another folder."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
@@ -12,29 +12,32 @@ import pytest
 import backends
 
 ROOT = Path(__file__).resolve().parents[1]
-FRAMEWORK_MODULE = {"torch": "torch", "jax": "flax", "tensorflow": "tensorflow"}
-
-
-def data_dir() -> Path:
-    return Path(os.environ.get("BINARIZED_MNIST_DIR", ROOT.parent / "shared" / "data" / "binarized_mnist"))
 
 
 def backend_param(name: str):
     """Skip a backend whose framework is absent, except in CI, where that is a failure."""
-    installed = importlib.util.find_spec(FRAMEWORK_MODULE[name]) is not None
-    skip = not installed and os.environ.get("CI") != "true"
+    skip = not backends.installed(name) and os.environ.get("CI") != "true"
     return pytest.param(name, marks=pytest.mark.skipif(skip, reason=f"{name} not installed"))
 
 
-BACKENDS = [backend_param(n) for n in backends.NAMES]
+ROWS = [row for name in backends.NAMES for row in backends.expand(name)]  # every backend and variant (keras[jax])
+BACKENDS = [backend_param(n) for n in ROWS]  # the float64 reference (numpy) included
+FRAMEWORKS = [backend_param(n) for n in ROWS if n != "numpy"]
 FAMILIES = ["mean-field", "iaf"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_compile_cache(tmp_path_factory):
+    """One Inductor cache for every run the tests start: compare.py keeps a run's compile caches inside its
+    folder unless the user names one, and a cold compile per test run costs ~15 s of torch warm-up here."""
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(tmp_path_factory.mktemp("torchinductor")))
 
 
 @pytest.fixture(scope="session")
 def dataset():
     from common import data
 
-    return data.load(data_dir())
+    return data.load()
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""The data files are checked, parsed and streamed the same way for every backend."""
+"""The data: shipped and checked, parsed and streamed the same way for every backend, subsets that represent
+their split, and the test labels derived from the test file's order."""
 
 from __future__ import annotations
 
@@ -7,13 +8,14 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import data_dir
 
 from common import data
 
+SHIPPED = data.SHIPPED  # the tests that hide the shipped copy still copy from it
+
 
 def copy_split(tmp_path, split: str, gz: bool = True):
-    source = data_dir() / (data.amat_name(split) + ".gz")
+    source = SHIPPED / (data.amat_name(split) + ".gz")
     target = tmp_path / (data.amat_name(split) + (".gz" if gz else ""))
     if gz:
         shutil.copy(source, target)
@@ -22,11 +24,20 @@ def copy_split(tmp_path, split: str, gz: bool = True):
     return target
 
 
-def test_real_data_has_published_shape_and_is_binary(dataset):
+def test_shipped_data_is_the_default_and_has_the_published_shape(dataset, monkeypatch):
+    monkeypatch.delenv(data.DIR_ENV, raising=False)
+    assert dataset.source.startswith("shipped")
     assert dataset.train.shape == (50_000, 784)
     assert dataset.valid.shape == (10_000, 784) and dataset.test.shape == (10_000, 784)
     assert dataset.train.dtype == np.uint8 and dataset.train.max() == 1
     assert 0.12 < dataset.train.mean() < 0.14  # about 13% of binarized MNIST pixels are on
+    for split in data.SPLITS:
+        assert data.array_digest(getattr(dataset, split)) == data.ARRAY_SHA256[split]
+
+
+def test_shipped_data_comes_with_its_origin_and_licence():
+    notice = (data.SHIPPED / "NOTICE.md").read_text()
+    assert "CC BY-SA 3.0" in notice and all(md5 in notice for md5 in data.MD5.values())
 
 
 def test_gzipped_and_plain_files_give_the_same_array(tmp_path):
@@ -39,15 +50,13 @@ def test_gzipped_and_plain_files_give_the_same_array(tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
-def test_wrong_checksum_is_refused_and_nothing_is_cached(tmp_path, monkeypatch):
-    monkeypatch.setenv(data.CACHE_ENV, str(tmp_path / "cache"))
+def test_wrong_checksum_is_refused(tmp_path):
     path = copy_split(tmp_path, "test", gz=False)
     raw = bytearray(path.read_bytes())
     raw[0] = ord("1") if raw[0] == ord("0") else ord("0")  # one flipped pixel, still valid .amat
     path.write_bytes(bytes(raw))
     with pytest.raises(data.DataError, match="MD5 .* does not match"):
         data.load_split(split="test", data_dir=tmp_path)
-    assert not (tmp_path / "cache").exists()
 
 
 def test_truncated_gzip_gives_a_clear_error(tmp_path):
@@ -71,29 +80,47 @@ def test_malformed_row_names_file_and_line(line, problem):
         data.parse_amat(raw, "x.amat")
 
 
-def test_download_is_verified_cached_and_reused(tmp_path, monkeypatch):
-    """A local mirror stands in for the canonical address (no internet here)."""
-    mirror = tmp_path / "mirror"
-    mirror.mkdir()
-    (mirror / data.amat_name("valid")).write_bytes(
-        gzip.decompress((data_dir() / (data.amat_name("valid") + ".gz")).read_bytes()))
-    monkeypatch.setenv(data.URL_ENV, mirror.as_uri())
+@pytest.fixture
+def no_shipped_data(tmp_path, monkeypatch):
+    """As if the package data were removed: the download (from a local mirror) and its cache are next."""
+    monkeypatch.setattr(data, "SHIPPED", tmp_path / "nothing-shipped")
+    monkeypatch.setattr(data, "MIRRORS", ())
     monkeypatch.setenv(data.CACHE_ENV, str(tmp_path / "cache"))
     monkeypatch.delenv(data.DIR_ENV, raising=False)
-    first, _ = data.load_split("valid")
-    assert data.cache_path("valid").exists()
-    (mirror / data.amat_name("valid")).unlink()  # the second load must not need the source
-    second, source = data.load_split("valid")
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    return mirror
+
+
+def test_download_tries_each_mirror_verifies_caches_and_reuses(no_shipped_data, tmp_path, monkeypatch):
+    bad, good = tmp_path / "bad-mirror", no_shipped_data
+    bad.mkdir()
+    (bad / data.amat_name("valid")).write_bytes(b"0 1\n")  # serves something, but not the data set
+    copy_split(good, "valid", gz=False)
+    monkeypatch.setenv(data.URL_ENV, f"{bad.as_uri()}, {good.as_uri()}")
+    first, source = data.load_split("valid")
+    assert source == "download cache" and data.cache_path("valid").exists()
+    (good / data.amat_name("valid")).unlink()  # the second load must not need any mirror
+    second, _ = data.load_split("valid")
     np.testing.assert_array_equal(first, second)
-    assert source == str(tmp_path / "cache")
 
 
-def test_corrupt_cache_is_rebuilt_not_trusted(tmp_path, monkeypatch):
-    monkeypatch.setenv(data.CACHE_ENV, str(tmp_path / "cache"))
-    data.cache_path("test").parent.mkdir(parents=True)
-    data.cache_path("test").write_bytes(b"not an array")
-    assert data.load_cached("test") is None
+def test_every_mirror_failing_says_what_to_do(no_shipped_data, monkeypatch):
+    monkeypatch.setenv(data.URL_ENV, no_shipped_data.as_uri())
+    with pytest.raises(data.DataError, match="cannot get binarized_mnist_test.amat from any mirror.*--data-dir"):
+        data.load_split("test")
     assert not data.cache_path("test").exists()
+
+
+def test_cache_is_reverified_not_just_shape_checked(no_shipped_data, dataset):
+    """A cached array of the right shape and dtype but other values (one flipped pixel) is not trusted."""
+    data.cache_path("test").parent.mkdir(parents=True)
+    tampered = dataset.test.copy()
+    tampered[0, 0] ^= 1
+    np.save(data.cache_path("test"), tampered)
+    assert data.load_cached("test") is None and not data.cache_path("test").exists()
+    np.save(data.cache_path("test"), dataset.test)
+    np.testing.assert_array_equal(data.load_cached("test"), dataset.test)
 
 
 def test_interrupted_write_leaves_no_file_that_looks_complete(tmp_path):
@@ -125,3 +152,46 @@ def test_batch_stream_is_reproducible_and_seeded():
 def test_batch_larger_than_training_set_is_refused():
     with pytest.raises(ValueError, match="exceeds"):
         data.batch_indices(100, 128, 0, 0, 1)
+
+
+# --- test labels and representative subsets ---
+
+def test_test_labels_follow_the_class_sorted_file(dataset):
+    """The derived labels agree with the images: a nearest-class-mean classifier built from the labels puts
+    >= 80% of each class's images in their own class, and moving every boundary by 50 rows makes it worse."""
+    labels = data.test_labels()
+    assert len(labels) == 10_000 and list(np.bincount(labels)) == list(data.TEST_CLASS_COUNTS)
+    x = dataset.test.astype(np.float64)
+
+    def agreement(lab):
+        means = np.stack([x[lab == c].mean(axis=0) for c in range(10)])
+        nearest = np.argmin(((x[:, None, :] - means[None]) ** 2).sum(-1), axis=1)
+        return (nearest == lab).mean(), [(nearest[lab == c] == c).mean() for c in range(10)]
+
+    overall, per_class = agreement(labels)
+    assert min(per_class) >= 0.5 and overall >= 0.8
+    shifted = np.repeat(np.arange(10), np.array(data.TEST_CLASS_COUNTS) + np.r_[50, [0] * 8, -50])
+    assert agreement(shifted)[0] < overall - 0.005
+
+
+def test_test_subset_is_representative_of_the_split(dataset):
+    """--test-examples 1000 takes rows spread over the class-sorted file: every class within 3 points of
+    its share of the split and the mean ink within 3% of the split's, where the first 1000 rows are all zeros
+    and ones."""
+    rows = data.subset_rows("test", 1000)
+    labels = data.test_labels()
+    share = np.bincount(labels[rows], minlength=10) / len(rows)
+    assert np.abs(share - np.array(data.TEST_CLASS_COUNTS) / 10_000).max() < 0.03
+    ink = dataset.test.mean()
+    assert abs(dataset.test[rows].mean() / ink - 1) < 0.03
+    first = np.bincount(labels[:1000], minlength=10) / 1000
+    assert np.abs(first - np.array(data.TEST_CLASS_COUNTS) / 10_000).max() > 0.5  # what "the first N" would do
+
+
+def test_subsets_are_fixed_nested_and_whole_at_full_size():
+    a, b = data.subset_rows("valid", 500), data.subset_rows("valid", 500)
+    np.testing.assert_array_equal(a, b)
+    assert set(a) <= set(data.subset_rows("valid", 2000)) and len(set(a)) == 500
+    np.testing.assert_array_equal(data.subset_rows("test", 10_000), np.arange(10_000))
+    with pytest.raises(ValueError, match="the split has 10,000"):
+        data.subset_rows("test", 10_001)

@@ -1,30 +1,25 @@
-"""What users do to a run: evaluate saved parameters elsewhere, lose a framework, crash a backend."""
+"""What users and schedulers do to a run: evaluate saved parameters elsewhere, lose a framework, crash a
+backend, press Ctrl-C, send SIGTERM, kill -9 it, resume it, resume it with other flags."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
-from conftest import ROOT, data_dir
+from conftest import ROOT
+from helpers import compare
 
-from common.init import init_params
+from common.params import init_params, save_params
 from common.spec import Spec
-from common.worker import save_params
 
-TINY = ["--steps", "100", "--eval-every", "100", "--hidden-size", "32", "--latent-size", "4", "--eval-k", "10",
+TINY = ["--steps", "100", "--eval-every", "100", "--hidden", "32", "--latent-size", "4", "--eval-k", "10",
         "--valid-examples", "100", "--test-examples", "200", "--preset", "smoke"]
-
-
-def compare(*args: str, pythonpath: str | None = None) -> subprocess.CompletedProcess:
-    env = dict(os.environ, BINARIZED_MNIST_DIR=str(data_dir()))
-    if pythonpath:
-        env["PYTHONPATH"] = pythonpath
-    return subprocess.run([sys.executable, str(ROOT / "compare.py"), *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
 
 
 def crashing_torch(tmp_path) -> str:
@@ -36,7 +31,7 @@ def crashing_torch(tmp_path) -> str:
 
 
 def test_saved_parameters_are_evaluated_in_every_backend(tmp_path):
-    spec = Spec(variational="iaf", hidden_size=32, latent_size=4)
+    spec = Spec(variational="iaf", encoder=(32, 32), decoder=(32, 32), latent_size=4)
     folder = tmp_path / "torch-iaf"
     folder.mkdir()
     save_params(folder / "params.safetensors", init_params(spec))
@@ -56,13 +51,16 @@ def test_saved_parameters_are_evaluated_in_every_backend(tmp_path):
 
 
 def test_parameters_of_another_architecture_name_the_tensor(tmp_path):
-    save_params(tmp_path / "params.safetensors", init_params(Spec(hidden_size=32, latent_size=4)))
-    result = compare("evaluate", str(tmp_path / "params.safetensors"), "--hidden-size", "64", "--latent-size", "4")
+    save_params(tmp_path / "params.safetensors", init_params(Spec(encoder=(32, 32), decoder=(32, 32), latent_size=4)))
+    out = ["--out", str(tmp_path / "eval")]
+    result = compare("evaluate", str(tmp_path / "params.safetensors"), "--hidden-size", "64", "--latent-size", "4",
+                     *out)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "parameter encoder.l0.kernel has shape (784, 32), the spec needs (784, 64)" in result.stderr
     result = compare("evaluate", str(tmp_path / "params.safetensors"), "--variational", "iaf",
-                     "--hidden-size", "32", "--latent-size", "4")
+                     "--hidden-size", "32", "--latent-size", "4", *out)
     assert result.returncode == 2 and "parameter encoder.l2.kernel has shape (32, 8)" in result.stderr
+    assert not (tmp_path / "eval").exists()
 
 
 def test_missing_framework_is_named_and_the_other_backends_still_run(tmp_path):
@@ -70,7 +68,8 @@ def test_missing_framework_is_named_and_the_other_backends_still_run(tmp_path):
     (shim / "flax").mkdir(parents=True)  # a flax that cannot be imported, as when it is not installed
     (shim / "flax" / "__init__.py").write_text("raise ModuleNotFoundError('no flax', name='flax')\n")
     out = tmp_path / "run"
-    result = compare("--backends", "torch,jax", *TINY, "--out", str(out), pythonpath=f"{shim}{os.pathsep}{ROOT}")
+    result = compare("--backends", "torch,jax", *TINY, "--out", str(out),
+                     env={"PYTHONPATH": f"{shim}{os.pathsep}{ROOT}"})
     assert result.returncode == 1
     runs = {r["backend"]: r for r in json.loads((out / "results.json").read_text())["runs"]}
     assert runs["torch"]["status"] == "ok"
@@ -78,26 +77,29 @@ def test_missing_framework_is_named_and_the_other_backends_still_run(tmp_path):
     assert "unavailable" in result.stdout and "flax" in result.stdout
 
 
-def test_a_crashed_backend_loses_nothing_of_the_others(tmp_path):
-    out = tmp_path / "run"
-    result = compare("--backends", "torch,jax", *TINY, "--out", str(out), pythonpath=crashing_torch(tmp_path))
-    assert result.returncode == 1
-    runs = {r["backend"]: r for r in json.loads((out / "results.json").read_text())["runs"]}
-    assert runs["jax"]["status"] == "ok" and (out / "jax-mean-field" / "params.safetensors").exists()
-    assert runs["torch"]["status"] == "failed" and "status 9" in runs["torch"]["error"]
-    assert (out / runs["torch"]["log"].split("/", 1)[-1]).exists() or os.path.exists(runs["torch"]["log"])
-    assert "torch-mean-field/log.txt" in result.stdout  # the table says where the log is
-    assert np.isfinite(runs["jax"]["test"]["log_px"])
+def checkpoints_equal(a_dir, b_dir) -> None:
+    from runner.worker import load_checkpoint
+
+    a, b = load_checkpoint(a_dir), load_checkpoint(b_dir)
+    for group in ("params", "best"):
+        for k, v in a[group].items():
+            np.testing.assert_allclose(b[group][k], v, rtol=1e-10, atol=1e-10 * np.abs(v).max(), err_msg=k)
+    assert int(a["optimizer"]["step"]) == int(b["optimizer"]["step"])
+    for slot, arrays in a["optimizer"].items():
+        if slot != "step":
+            for k, v in arrays.items():
+                np.testing.assert_allclose(b["optimizer"][slot][k], v, rtol=1e-10, atol=1e-300, err_msg=f"{slot} {k}")
 
 
 def test_resumed_run_ends_where_the_uninterrupted_run_ends_float64(tmp_path, dataset):
     """Stop a float64 run half way (its checkpoint is all that is left), resume it: the trained
     parameters, optimizer state and test figures equal an uninterrupted run's to 1e-10."""
-    from common.worker import load_checkpoint, train_and_evaluate
+    from runner.worker import load_checkpoint, train_and_evaluate
 
-    spec = Spec(variational="iaf", hidden_size=32, latent_size=4, batch_size=32, steps=60, eval_every=20,
-                eval_k=5, valid_examples=50, test_examples=60, dtype="float64")
-    for name in ("torch", "jax", "tensorflow"):
+    spec = Spec(variational="iaf", encoder=(32, 32), decoder=(32, 32), latent_size=4, batch_size=32, steps=60,
+                eval_every=20, eval_k=5, valid_examples=50, test_examples=60, dtype="float64", optimizer="adam",
+                lr_schedule="step", lr_decay=0.5, lr_decay_every=25)
+    for name in ("numpy", "torch", "jax", "tensorflow"):
         whole, parts = tmp_path / f"{name}-whole", tmp_path / f"{name}-parts"
         whole.mkdir()
         parts.mkdir()
@@ -106,25 +108,20 @@ def test_resumed_run_ends_where_the_uninterrupted_run_ends_float64(tmp_path, dat
         assert stopped["status"] == "interrupted" and load_checkpoint(parts)["loop"]["step"] == 30
         resumed = train_and_evaluate(name, spec, dataset, parts, checkpoint_every=10, resume=True)
         assert resumed["resumed"] and resumed["status"] == "ok"
-        a, b = load_checkpoint(whole), load_checkpoint(parts)
-        for group in ("params", "best"):
-            for k, v in a[group].items():
-                np.testing.assert_allclose(b[group][k], v, rtol=1e-10, atol=1e-10 * np.abs(v).max(), err_msg=k)
-        for k, v in a["optimizer"]["square_avg"].items():
-            np.testing.assert_allclose(b["optimizer"]["square_avg"][k], v, rtol=1e-10, atol=1e-300)
+        checkpoints_equal(whole, parts)
         assert resumed["test"]["log_px"] == pytest.approx(expected["test"]["log_px"], rel=1e-10)
         assert [v["step"] for v in resumed["validation"]] == [20, 40, 60]
 
 
 def test_non_finite_loss_stops_naming_the_steps_and_keeps_the_last_checkpoint(tmp_path, dataset):
-    from common.worker import NonFiniteLoss, load_checkpoint, train_and_evaluate
+    from runner.worker import NonFiniteLoss, load_checkpoint, train_and_evaluate
 
-    spec = Spec(hidden_size=32, latent_size=4, batch_size=32, steps=20, eval_every=20, eval_k=5,
+    spec = Spec(encoder=(32, 32), decoder=(32, 32), latent_size=4, batch_size=32, steps=20, eval_every=20, eval_k=5,
                 valid_examples=50, test_examples=50)
     assert train_and_evaluate("torch", spec, dataset, tmp_path, checkpoint_every=10)["status"] == "ok"
     before = load_checkpoint(tmp_path)
     diverging = spec.replace(steps=400, learning_rate=1e12)  # continues from step 20, then blows up
-    with pytest.raises(NonFiniteLoss, match=r"training ELBO became (nan|-?inf) in steps 21\.\.30; "
+    with pytest.raises(NonFiniteLoss, match=r"training elbo became (nan|-?inf) in steps 21\.\.30; "
                                             r"the last finite state \(step 20\) is kept in .*checkpoint"):
         train_and_evaluate("torch", diverging, dataset, tmp_path, checkpoint_every=10, resume=True)
     kept = load_checkpoint(tmp_path)
@@ -133,10 +130,16 @@ def test_non_finite_loss_stops_naming_the_steps_and_keeps_the_last_checkpoint(tm
         np.testing.assert_array_equal(kept["params"][k], v)
 
 
-def test_resume_continues_a_run_whose_backend_crashed(tmp_path):
+def test_a_crashed_backend_loses_nothing_of_the_others_and_resume_continues_it(tmp_path):
     out = tmp_path / "run"
-    first = compare("--backends", "jax,torch", *TINY, "--out", str(out), pythonpath=crashing_torch(tmp_path))
+    first = compare("--backends", "jax,torch", *TINY, "--out", str(out), env={"PYTHONPATH": crashing_torch(tmp_path)})
     assert first.returncode == 1
+    runs = {r["backend"]: r for r in json.loads((out / "results.json").read_text())["runs"]}
+    assert runs["jax"]["status"] == "ok" and (out / "jax-mean-field" / "params.safetensors").exists()
+    assert np.isfinite(runs["jax"]["test"]["log_px"])
+    assert runs["torch"]["status"] == "failed" and "status 9" in runs["torch"]["error"]
+    assert (out / "torch-mean-field" / "log.txt").exists()
+    assert "torch-mean-field/log.txt" in first.stdout  # the table says where the log is
     jax_before = json.loads((out / "jax-mean-field" / "metrics.json").read_text())
     assert compare("--backends", "torch", *TINY, "--out", str(out)).returncode == 2  # never overwritten
     second = compare("--resume", str(out))
@@ -146,35 +149,79 @@ def test_resume_continues_a_run_whose_backend_crashed(tmp_path):
     assert runs["torch"]["status"] == "ok" and runs["jax"]["timing"] == jax_before["timing"]
 
 
-@pytest.mark.parametrize("when", ["after the first backend", "before any backend finished"])
-def test_ctrl_c_writes_the_results_completed_so_far(tmp_path, when):
-    import signal
-    import time
-
+def test_resume_refuses_flags_that_would_silently_lose_meaning(tmp_path):
     out = tmp_path / "run"
-    env = dict(os.environ, BINARIZED_MNIST_DIR=str(data_dir()))
-    cmd = [sys.executable, str(ROOT / "compare.py"), "--backends", "torch,jax", *TINY,
-           "--steps", "5000", "--eval-every", "5000", "--out", str(out)]  # later flags win
-    # as from a terminal: a shell that starts jobs in the background (a CI runner may) leaves SIGINT ignored,
-    # an ignored signal stays ignored across exec, and Python then never raises KeyboardInterrupt; a handled
-    # one is reset to the default, so handle it here while the child starts
+    out.mkdir()
+    (out / "run.json").write_text("{}")
+    for flags in (["--steps", "5000"], ["--backends", "torch"], ["--eval-k=50"]):
+        result = compare("--resume", str(out), *flags, timeout=120)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert f"{flags[0].split('=')[0]} cannot be given with it (only --data-dir can)" in result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["run.json"]
+
+
+def start(cmd: list[str], env: dict | None = None) -> subprocess.Popen:
+    """compare.py in its own process group; SIGINT handled (not ignored) so the child sees it as a terminal's."""
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen([sys.executable, str(ROOT / "compare.py"), *cmd], cwd=ROOT, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True,
+                                env=dict(os.environ, **(env or {})))
     finally:
         signal.signal(signal.SIGINT, previous)
-    sign = out / "torch-mean-field" / ("metrics.json" if when == "after the first backend" else "log.txt")
-    deadline = time.time() + 600
-    while not sign.exists() and time.time() < deadline:
+
+
+def wait_for(path, timeout: float = 600) -> None:
+    deadline = time.time() + timeout
+    while not path.exists() and time.time() < deadline:
         time.sleep(0.2)
+    assert path.exists(), f"{path} never appeared"
+
+
+@pytest.mark.parametrize("how", ["ctrl-c after the first backend", "ctrl-c before any backend finished",
+                                 "sigterm while a backend trains"])
+def test_a_stop_writes_the_results_completed_so_far(tmp_path, how):
+    out = tmp_path / "run"
+    proc = start(["--backends", "torch,jax", *TINY, "--steps", "5000", "--eval-every", "5000", "--out", str(out)])
+    first_done = how.startswith("ctrl-c after")
+    wait_for(out / "torch-mean-field" / ("metrics.json" if first_done else "log.txt"))
     time.sleep(1.0)  # a backend is starting or training now
-    proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130, stderr[-2000:]
-    assert "interrupted: writing the results completed so far" in stderr and "Traceback" not in stderr
+    if how.startswith("sigterm"):
+        proc.send_signal(signal.SIGTERM)  # to compare.py only, as `timeout` or Slurm sends it
+    else:
+        os.killpg(proc.pid, signal.SIGINT)  # to the whole process group, as a terminal sends it
+    stdout, stderr = proc.communicate(timeout=180)
+    assert proc.returncode == (143 if how.startswith("sigterm") else 130), stderr[-2000:]
+    assert "writing the results completed so far" in stderr and "Traceback" not in stderr
     runs = json.loads((out / "results.json").read_text())["runs"]
-    if when == "after the first backend":
+    if first_done:
         assert [(r["backend"], r["status"]) for r in runs] == [("torch", "ok")]
         assert "torch" in (out / "results.md").read_text() and "torch" in stdout
     else:
         assert runs == [] and (out / "results.md").exists()
+        assert "--resume" in stderr
+
+
+def test_kill_9_at_any_moment_then_resume_gives_the_uninterrupted_result(tmp_path):
+    """SIGKILL to the whole run (no handler runs) at a random moment after training started, then --resume:
+    float64 parameters and test figures equal those of a run never stopped. The runner's checkpoints are what is
+    tested (the backends' own state round trip is tests/test_conformance.py's), so the fast-starting numpy
+    backend runs it: two families, so the kill can land in either, or between them."""
+    args = ["--backends", "numpy", "--variational", "mean-field,iaf", "--preset", "smoke", "--steps", "600",
+            "--eval-every", "200", "--hidden", "16", "--latent-size", "4", "--eval-k", "5", "--valid-examples", "50",
+            "--test-examples", "100", "--dtype", "float64", "--checkpoint-every", "20", "--optimizer", "adam"]
+    whole = compare(*args, "--out", str(tmp_path / "whole"))
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    out = tmp_path / "killed"
+    proc = start([*args, "--out", str(out)])
+    wait_for(out / "numpy-mean-field" / "checkpoint" / "loop.json")
+    time.sleep(np.random.default_rng().uniform(0.0, 4.0))  # anywhere: training, checkpointing, the next family
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    resumed = compare("--resume", str(out))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a = json.loads((tmp_path / "whole" / "results.json").read_text())["runs"]
+    b = json.loads((out / "results.json").read_text())["runs"]
+    for x, y in zip(a, b, strict=True):
+        assert x["test"]["log_px"] == pytest.approx(y["test"]["log_px"], rel=1e-10), x["family"]
+        checkpoints_equal(tmp_path / "whole" / f"numpy-{x['family']}", out / f"numpy-{y['family']}")

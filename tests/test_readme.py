@@ -1,4 +1,4 @@
-"""README.md's install and test commands are the ones CI runs, and its figures name their command."""
+"""README.md: its install and test commands are the ones CI runs, and every number in it comes from results."""
 
 from __future__ import annotations
 
@@ -6,17 +6,34 @@ import re
 
 from conftest import ROOT
 
+from report import readme
+
+README = (ROOT / "README.md").read_text()
+
 
 def test_ci_runs_the_install_and_test_commands_of_the_readme():
-    readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
     for command in ('python -m pip install -e ".[all,test]"', "python -m pytest"):
-        assert command in readme and re.search(rf"^{re.escape(command)}$", ci, re.M), command
+        assert command in README and re.search(rf"^{re.escape(command)}$", ci, re.M), command
 
 
-def test_every_results_table_in_the_readme_names_the_command_that_made_it():
-    readme = (ROOT / "README.md").read_text()
-    tables = [m.start() for m in re.finditer(r"^\| family \| backend \|", readme, re.M)]
-    assert tables, "README.md shows a results table"
-    for start in tables:
-        assert "python compare.py" in readme[max(0, start - 1500):start], "command shown above the table"
+def test_generated_blocks_match_the_results_they_name():
+    """Every table and sentence with a figure in README.md sits in a generated block; each block is exactly what
+    `python compare.py report --readme` builds from the named results.json or bench.json."""
+    found = readme.blocks(README)
+    for kind, path, text in found:
+        assert (ROOT / path).is_dir(), path
+        assert text == readme.KINDS[kind](path).rstrip("\n") + "\n", f"{kind} {path}: run compare.py report --readme"
+
+
+def test_every_generated_block_names_the_command_that_made_its_run():
+    for kind, path, _ in readme.blocks(README):
+        start = README.index(f"<!-- generated: {kind} {path} -->")
+        assert f"--out {path}" in README[max(0, start - 2500):start], f"the command of {path} is shown above it"
+
+
+def test_results_tables_outside_generated_blocks_carry_no_measured_figures():
+    """Tables of results are only ever generated: outside the blocks, no table row holds a ± figure."""
+    outside = readme.MARKER.sub("", README)
+    rows = [line for line in outside.splitlines() if line.startswith("|") and "±" in line]
+    assert rows == [], rows[:3]

@@ -1,4 +1,5 @@
-"""The NumPy reference itself: its hand-written gradient, its flow's log-determinant, its masks."""
+"""The NumPy reference itself: its hand-written gradient for every architecture, activation and
+objective, its optimizers against their defining formulas, its flow's log-determinant, its masks."""
 
 from __future__ import annotations
 
@@ -6,70 +7,94 @@ import numpy as np
 import pytest
 from conftest import FAMILIES
 
-from common import reference
-from common.init import init_params, made_degrees, made_masks, param_shapes
-from common.spec import Spec
+from backends.numpy import optim, vae
+from common.models.vae import made_degrees
+from common.optim import burda_stage, learning_rates
+from common.params import init_params, masks, param_shapes
+from common.spec import PRESETS, Spec
 
-TINY = dict(hidden_size=12, latent_size=5, batch_size=4)
+TINY = dict(encoder=(12,), decoder=(12,), latent_size=5, batch_size=4)
+VARIANTS = {  # architecture and objective variations the hand-written gradient must get right
+    "relu-elbo-k1": dict(),
+    "tanh-deep-iwae-k3": dict(activation="tanh", encoder=(9, 7, 6), decoder=(6, 11), objective="iwae", train_k=3),
+    "softplus-elbo-k3": dict(activation="softplus", encoder=(8, 10), objective="elbo", train_k=3),
+}
 
 
 def random_params(spec: Spec, rng) -> dict:
     params = {k: 0.3 * rng.standard_normal(s) for k, s in param_shapes(spec).items()}
-    return {k: v * made_masks(spec).get(k, 1.0) for k, v in params.items()}
+    return {k: v * masks(spec).get(k, 1.0) for k, v in params.items()}
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("family", FAMILIES)
-def test_hand_written_gradient_matches_finite_differences(family, rng):
-    spec = Spec(variational=family, **TINY)
+def test_hand_written_gradient_matches_finite_differences(family, variant, rng):
+    spec = Spec(variational=family, **(TINY | VARIANTS[variant]))
     params = random_params(spec, rng)
     x = (rng.random((4, 784)) < 0.3).astype(float)
-    eps = rng.standard_normal((4, spec.latent_size))
-    _, grads = reference.elbo_and_grads(spec, params, x, eps)
+    eps = rng.standard_normal((spec.train_k, 4, spec.latent_size))
+    _, grads = vae.objective_and_grads(spec, params, x, eps)
     h = 1e-5
+
+    def total():
+        return vae.objective(spec, vae.log_weights(spec, params, x, eps)).sum()
+
     for name, value in params.items():
         flat = value.ravel()
-        for i in rng.choice(flat.size, size=min(8, flat.size), replace=False):
+        for i in rng.choice(flat.size, size=min(6, flat.size), replace=False):
             old = flat[i]
             flat[i] = old + h
-            up = reference.elbo(spec, params, x, eps).sum()
+            up = total()
             flat[i] = old - h
-            down = reference.elbo(spec, params, x, eps).sum()
+            down = total()
             flat[i] = old
             numeric = (up - down) / (2 * h)
-            # central differences: O(h^2) truncation plus ~1e-16 * |ELBO| / h rounding, far below 1e-5
+            # central differences: O(h^2) truncation plus ~1e-16 * |objective| / h rounding, far below 1e-5
             assert grads[name].ravel()[i] == pytest.approx(numeric, rel=1e-5, abs=1e-5), (name, i)
 
 
+def test_iwae_bound_lies_between_the_elbo_and_log_px(rng):
+    """With the same k samples: mean_k log w <= logmeanexp_k log w, and k = 1 gives the ELBO itself."""
+    spec = Spec(**TINY)
+    params, x = random_params(spec, rng), (rng.random((6, 784)) < 0.3).astype(float)
+    log_w = vae.log_weights(spec, params, x, rng.standard_normal((7, 6, spec.latent_size)))
+    elbo, iwae = vae.objective(spec, log_w), vae.objective(spec.replace(objective="iwae"), log_w)
+    assert np.all(iwae >= elbo) and np.all(iwae - elbo > 1e-3)
+    np.testing.assert_allclose(vae.objective(spec.replace(objective="iwae"), log_w[:1]), log_w[0], rtol=1e-14)
+
+
+def made_masks_path(spec: Spec) -> np.ndarray:
+    m = masks(spec)
+    return m["flow.0.l0.kernel"] @ m["flow.0.l1.kernel"] @ m["flow.0.out.kernel"]
+
+
 def test_made_masks_are_autoregressive():
-    spec = Spec(variational="iaf", hidden_size=37, latent_size=9)
-    masks = made_masks(spec)
-    # connectivity input -> output through both hidden layers
-    path = masks["flow.0.l0.kernel"] @ masks["flow.0.l1.kernel"] @ masks["flow.0.out.kernel"]
+    spec = Spec(variational="iaf", encoder=(37, 37), latent_size=9)
+    path = made_masks_path(spec)
     L = spec.latent_size
     for block in (path[:, :L], path[:, L:]):  # m and s
         assert np.all(np.tril(block) == 0), "output i must not see inputs >= i"
-        assert np.all(block[np.triu_indices(L, 1)] > 0), "output i sees every input < i (H >= L)"
-    inputs, hidden = made_degrees(L, spec.hidden_size)
+        assert np.all(block[np.triu_indices(L, 1)] > 0), "output i sees every input < i (width >= L)"
+    inputs, hidden = made_degrees(L, spec.flow_hidden)
     assert hidden.min() == 1 and hidden.max() == L - 1
 
 
 def flow_output(spec: Spec, params: dict, x: np.ndarray, eps: np.ndarray) -> np.ndarray:
-    return reference.Model(spec, params).forward(x, eps)["z"]
+    model = vae.VAE(spec, params)
+    model.forward(x, eps[None])
+    return model.tape["z"][0]
 
 
 def test_flow_step_jacobian_is_strictly_lower_triangular(rng):
     """One step, numerically: d[m, s]/dz vanishes on and above the diagonal."""
     spec = Spec(variational="iaf", flow_steps=1, **TINY)
     params = random_params(spec, rng)
-    model = reference.Model(spec, params)
+    model = vae.VAE(spec, params)
     L, context = spec.latent_size, rng.standard_normal((1, spec.latent_size))
 
     def made(z):
-        a0 = reference.relu(z @ model.w["flow.0.l0.kernel"] + params["flow.0.l0.bias"]
-                            + context @ params["flow.0.l0.context"])
-        a1 = reference.relu(a0 @ model.w["flow.0.l1.kernel"] + params["flow.0.l1.bias"]
-                            + context @ params["flow.0.l1.context"])
-        return model.dense("flow.0.out", a1)[0]
+        _, _, m, s = model.made(0, z, context)
+        return np.concatenate([m, s], -1)[0]
 
     z, h = rng.standard_normal((1, L)), 1e-6
     jac = np.stack([(made(z + h * np.eye(L)[j]) - made(z - h * np.eye(L)[j])) / (2 * h)
@@ -85,7 +110,10 @@ def test_log_q_equals_base_density_minus_log_det_of_full_jacobian(rng):
     params = random_params(spec, rng)
     x = (rng.random((3, 784)) < 0.3).astype(float)
     eps = rng.standard_normal((3, spec.latent_size))
-    log_q = reference.Model(spec, params).forward(x, eps)["log_q_z"]
+    model = vae.VAE(spec, params)
+    log_w = model.forward(x, eps[None])[0]
+    log_q = -(log_w - np.sum(x * model.tape["logits"][0] - vae.softplus(model.tape["logits"][0]), -1)
+              - np.sum(-0.5 * model.tape["z"][0] ** 2 - vae.HALF_LOG_2PI, -1))
     L, h = spec.latent_size, 1e-6
     for n in range(3):
         cols = []
@@ -95,7 +123,7 @@ def test_log_q_equals_base_density_minus_log_det_of_full_jacobian(rng):
             down = flow_output(spec, params, x[n:n + 1], eps[n:n + 1] - step)[0]
             cols.append((up - down) / (2 * h))
         sign, log_det = np.linalg.slogdet(np.stack(cols, axis=1))
-        log_base = np.sum(-0.5 * eps[n] ** 2 - reference.HALF_LOG_2PI)
+        log_base = np.sum(-0.5 * eps[n] ** 2 - vae.HALF_LOG_2PI)
         assert sign != 0
         assert log_q[n] == pytest.approx(log_base - log_det, abs=1e-6)
 
@@ -103,18 +131,15 @@ def test_log_q_equals_base_density_minus_log_det_of_full_jacobian(rng):
 def test_flow_starts_near_identity():
     """Zero MADE output layer: sigma = sigmoid(2), m = 0, so z_T = sigmoid(2)^T z_0 (reversed)."""
     spec = Spec(variational="iaf", **TINY)
-    params = init_params(spec)
     rng = np.random.default_rng(0)
     x = (rng.random((2, 784)) < 0.3).astype(float)
-    eps = rng.standard_normal((2, spec.latent_size))
-    model = reference.Model(spec, params)
-    z_t = model.forward(x, eps)["z"]
-    z_0 = model.tape["flow"][0]["z_in"]
+    model = vae.VAE(spec, init_params(spec))
+    model.forward(x, rng.standard_normal((1, 2, spec.latent_size)))
     sigma = 1 / (1 + np.exp(-2.0))
-    np.testing.assert_allclose(z_t, sigma ** 2 * z_0[:, ::-1], rtol=1e-12)
+    np.testing.assert_allclose(model.tape["z"], sigma ** 2 * model.tape["flow"][0]["z_in"][..., ::-1], rtol=1e-12)
 
 
-def test_init_follows_pytorch_linear_rule_and_seed():
+def test_uniform_init_follows_pytorch_linear_rule_and_seed():
     spec = Spec()
     a, b, c = init_params(spec, 0), init_params(spec, 0), init_params(spec, 1)
     for name, value in a.items():
@@ -123,3 +148,71 @@ def test_init_follows_pytorch_linear_rule_and_seed():
         assert np.abs(value).max() > 0.9 / np.sqrt(fan_in)  # fills the range, not a smaller one
         np.testing.assert_array_equal(value, b[name])
         assert not np.array_equal(value, c[name])
+
+
+def test_glorot_init_fills_its_range_and_zeroes_the_biases():
+    spec = Spec(**PRESETS["burda"])
+    params = init_params(spec)
+    for name, shape in param_shapes(spec).items():
+        if name.endswith(".bias"):
+            assert not params[name].any()
+        else:
+            bound = np.sqrt(6 / sum(shape))
+            assert bound * 0.9 < np.abs(params[name]).max() <= bound, name
+
+
+# --- the optimizers against their formulas, one step at a time from a known state ---
+
+def one_step(optimizer: str, t: int, **spec_changes):
+    spec = Spec(optimizer=optimizer, **spec_changes)
+    rng = np.random.default_rng(3)
+    p, g = {"w": rng.standard_normal(5)}, {"w": rng.standard_normal(5)}
+    state = optim.init_state(spec, p)
+    for slot in state:
+        if slot != "step":
+            state[slot]["w"] = np.abs(rng.standard_normal(5))
+    if optimizer == "rmsprop":  # a reachable state: E[g^2] >= E[g]^2
+        state["square_avg"]["w"] += state["grad_avg"]["w"] ** 2
+    state["step"] = t - 1
+    before = {k: (v if k == "step" else dict(v)) for k, v in state.items()}
+    new = optim.update(spec, p, g, state, lr=0.01)
+    assert np.all(np.isfinite(new["w"])) and np.all(new["w"] != p["w"])
+    return spec, p["w"], g["w"], before, new["w"], state
+
+
+def test_adam_step_is_the_bias_corrected_formula():
+    spec, p, g, s, new, state = one_step("adam", t=3, adam_eps=1e-4)
+    m = 0.9 * s["exp_avg"]["w"] + 0.1 * g
+    v = 0.999 * s["exp_avg_sq"]["w"] + 0.001 * g * g
+    m_hat, v_hat = m / (1 - 0.9**3), v / (1 - 0.999**3)
+    np.testing.assert_allclose(new, p - 0.01 * m_hat / (np.sqrt(v_hat) + 1e-4), rtol=1e-13)
+    assert state["step"] == 3
+
+
+def test_adagrad_step_accumulates_squares_and_puts_eps_outside_the_root():
+    spec, p, g, s, new, state = one_step("adagrad", t=1)
+    np.testing.assert_allclose(new, p - 0.01 * g / (np.sqrt(s["sum"]["w"] + g * g) + 1e-10), rtol=1e-13)
+
+
+def test_centered_rmsprop_step_subtracts_the_squared_mean():
+    spec, p, g, s, new, state = one_step("rmsprop", t=1)
+    v = 0.99 * s["square_avg"]["w"] + 0.01 * g * g
+    gbar = 0.99 * s["grad_avg"]["w"] + 0.01 * g
+    np.testing.assert_allclose(new, p - 0.01 * g / (np.sqrt(v - gbar**2) + 1e-8), rtol=1e-13)
+
+
+def test_burda_schedule_stages_are_3_to_the_i_passes():
+    assert list(burda_stage(np.array([0, 1, 3, 4, 12, 13, 39, 40]))) == [0, 1, 1, 2, 2, 3, 3, 4]
+    spec = Spec(**PRESETS["burda"])
+    per_epoch = 50_000 // 20
+    rates = learning_rates(spec, 0, 4 * per_epoch + 1, 50_000)
+    assert rates[0] == rates[per_epoch - 1] == 1e-3
+    assert rates[per_epoch] == rates[4 * per_epoch - 1] == pytest.approx(1e-3 * 10 ** (-1 / 7), rel=1e-15)
+    assert rates[4 * per_epoch] == pytest.approx(1e-3 * 10 ** (-2 / 7), rel=1e-15)
+    assert spec.steps == 3280 * per_epoch  # the whole schedule: sum of 3^i for i = 0..7 passes
+
+
+def test_step_schedule_decays_every_interval():
+    spec = Spec(lr_schedule="step", lr_decay=0.5, lr_decay_every=10, learning_rate=0.1)
+    rates = learning_rates(spec, 5, 25, 50_000)
+    assert list(rates) == [0.1] * 5 + [0.05] * 10 + [0.025] * 5

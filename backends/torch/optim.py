@@ -1,0 +1,91 @@
+"""The three optimizers: torch.optim's RMSprop(centered=True), Adam and Adagrad are the reference's
+formulas themselves (backends/numpy/optim.py: eps outside the square root; Adagrad with lr_decay 0 and
+its accumulator starting at 0), so the suite's optimizer is PyTorch's own.
+
+The step is compiled (torch.compile fuses its dozen elementwise passes over every parameter into one
+loop, a third of an eager step on a CPU); VAE_COMPARE_TORCH_COMPILE=0 runs it eagerly, and a compiled
+step that fails (e.g. no C++ compiler for Inductor) falls back to the eager one, the same math.
+The learning rate is a 0-dim tensor that the step reads: a Python float would be a constant of the
+compiled graph and recompile it whenever a schedule changes the rate ("Wrap the lr in a Tensor",
+PyTorch recipe "Running the compiled optimizer with an LR Scheduler"). The state is torch's own:
+a per-parameter "step" (our step count) and the slots of common.optim.SLOTS, under torch's names.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from common.optim import SLOTS
+from common.spec import Spec
+
+
+def torch_optimizer(spec: Spec, parameters: list[nn.Parameter], lr: torch.Tensor) -> torch.optim.Optimizer:
+    if spec.optimizer == "rmsprop":
+        # foreach: torch 2.13's compiled single-tensor RMSprop drops the increment of a float64 "step"
+        return torch.optim.RMSprop(parameters, lr=lr, alpha=spec.rmsprop_decay, eps=spec.rmsprop_eps,
+                                   centered=True, foreach=True)
+    if spec.optimizer == "adam":
+        # foreach left to torch: it takes the single-tensor path for a tensor lr (its foreach path needs capturable)
+        return torch.optim.Adam(parameters, lr=lr, betas=(spec.adam_beta1, spec.adam_beta2), eps=spec.adam_eps)
+    return torch.optim.Adagrad(parameters, lr=lr, lr_decay=0.0, eps=spec.adagrad_eps, initial_accumulator_value=0.0)
+
+
+def compiled(step: Callable[[], object]) -> Callable[[], object]:
+    if os.environ.get("VAE_COMPARE_TORCH_COMPILE", "1") == "0":
+        return step
+    # isolate_recompiles: each optimizer object compiles its own step; shared, the ninth optimizer of a
+    # process (a test session) would exceed Dynamo's recompile limit and silently run eagerly
+    return torch.compile(step, fullgraph=False, isolate_recompiles=True)
+
+
+class Optimizer:
+    """spec.optimizer over named parameters; step(lr) is one update at that learning rate."""
+
+    def __init__(self, spec: Spec, parameters: dict[str, nn.Parameter]):
+        self.parameters, self.slots = parameters, SLOTS[spec.optimizer]
+        self.lr = torch.tensor(spec.learning_rate, dtype=torch.float64)
+        self.torch_optimizer = torch_optimizer(spec, list(parameters.values()), self.lr)
+        self.eager_step = self.torch_optimizer.step
+        self.compiled_step = compiled(self.eager_step)
+        for p in parameters.values():
+            # the step count in the parameters' dtype: compiled, Adam's bias correction beta ** step is a tensor
+            # op (torch.optim's _get_value returns the tensor under torch.compile), float64 in a float64 run
+            self.torch_optimizer.state[p] = {"step": torch.zeros((), dtype=p.dtype)} | {
+                slot: torch.zeros_like(p, memory_format=torch.preserve_format) for slot in self.slots}
+
+    def step(self, lr: float) -> None:
+        self.lr.fill_(lr)
+        try:
+            self.compiled_step()
+        except Exception as e:  # noqa: BLE001 -- e.g. no C++ compiler for Inductor: eager is the same math
+            if self.compiled_step is self.eager_step:
+                raise
+            print(f"torch backend: compiled optimizer step failed ({type(e).__name__}: {e}); running it eagerly",
+                  file=sys.stderr)
+            self.compiled_step = self.eager_step
+            self.compiled_step()
+
+    @property
+    def step_count(self) -> int:
+        first = next(iter(self.parameters.values()))
+        return int(self.torch_optimizer.state[first]["step"])
+
+    def state(self) -> dict:
+        """{"step": int, slot: {name: tensor in the parameter's layout}}."""
+        state = self.torch_optimizer.state
+        return {"step": self.step_count} | {
+            slot: {name: state[p][slot].detach() for name, p in self.parameters.items()} for slot in self.slots}
+
+    @torch.no_grad()
+    def set_state(self, state: dict) -> None:
+        """Copied into the tensors the step already holds, so a compiled step needs no recompiling."""
+        for name, p in self.parameters.items():
+            mine = self.torch_optimizer.state[p]
+            mine["step"].fill_(int(state["step"]))
+            for slot in self.slots:
+                mine[slot].copy_(state[slot][name])

@@ -1,0 +1,36 @@
+"""What every backend's optimizer shares: the state's slot names and the learning rate of each step.
+
+The updates themselves are written out once in backends/numpy/optim.py (the reference) and in each
+framework's optim module; all three follow PyTorch's torch.optim formulas (eps outside the square
+root). The learning rate of every step comes from learning_rates() here, so a schedule is the
+same in every backend; a backend counts its steps (optimizer state "step") and asks for the rates
+of each window it trains.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from common.spec import Spec
+
+SLOTS = {  # per optimizer, the per-parameter arrays of its state (torch.optim's names)
+    "rmsprop": ("square_avg", "grad_avg"),  # centered: E[g^2], E[g]
+    "adam": ("exp_avg", "exp_avg_sq"),
+    "adagrad": ("sum",),
+}
+
+
+def burda_stage(epoch: np.ndarray) -> np.ndarray:
+    """Stage i of Burda et al.'s schedule holds epochs [(3^i - 1) / 2, (3^(i+1) - 1) / 2): 3^i passes."""
+    return np.floor(np.log(2 * np.asarray(epoch, np.float64) + 1) / np.log(3) + 1e-9).astype(np.int64)
+
+
+def learning_rates(spec: Spec, start: int, stop: int, n_train: int) -> np.ndarray:
+    """The learning rate of steps start..stop-1 (0-based), float64."""
+    steps = np.arange(start, stop)
+    if spec.lr_schedule == "step":
+        return spec.learning_rate * spec.lr_decay ** (steps // spec.lr_decay_every)
+    if spec.lr_schedule == "burda":
+        epoch = steps // max(1, n_train // spec.batch_size)
+        return spec.learning_rate * 10.0 ** (-burda_stage(epoch) / 7.0)
+    return np.full(len(steps), spec.learning_rate)

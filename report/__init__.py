@@ -1,0 +1,1 @@
+"""Reports: results.json -> tables, figures, the results index and the README blocks."""

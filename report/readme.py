@@ -1,0 +1,131 @@
+"""README.md's numbers, generated from results: every table or sentence that carries a figure sits between
+markers and is rebuilt from a results.json (or bench.json) by `python compare.py report --readme`;
+tests/test_readme.py fails when README.md and the results disagree.
+
+    <!-- generated: KIND results/<run> -->
+    ...
+    <!-- end generated -->
+
+A claim that one backend is better or faster than another is written only when its interval excludes
+zero (or 1, for a ratio), and says which interval it is: paired over test examples within a seed
+(evaluation noise), across seeds (training spread), or across timing rounds.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from report.tables import markdown_table, number, run_peak
+
+ROOT = Path(__file__).resolve().parents[1]
+MARKER = re.compile(r"(<!-- generated: (\S+) (\S+) -->\n)(.*?)(<!-- end generated -->)", re.S)
+# published numbers the README sets ours beside (source in the README's text next to each table)
+REFERENCE_PROJECT = {"mean-field": ("−100.31", "PyTorch, 30,000 steps"), "iaf": ("−97.62", "JAX, 30,000 steps")}
+
+
+def load(path: str, name: str) -> dict:
+    return json.loads((ROOT / path / name).read_text())
+
+
+def signed(x: float, digits: int = 2) -> str:
+    return f"{x:+.{digits}f}".replace("-", "−")
+
+
+def run_table(path: str) -> str:
+    """A run's whole table, as in its results.md."""
+    return markdown_table(load(path, "results.json"))
+
+
+def headline(path: str) -> str:
+    """A multi-seed run: per family and backend the mean over seeds with its 95% t-interval, the difference from
+    the first backend with its interval, and what may be said of it."""
+    results = load(path, "results.json")
+    lines = ["| family | backend | seeds | test log p(x), mean over seeds [95% interval] | Δ vs "
+             "first backend [95% interval] | train ex/s (single pass) | reference project |",
+             "|---|---|---|---|---|---|---|"]
+    claims = []
+    for s in results["across_seeds"]:
+        diff = s.get("diff")
+        diff_text = f"{signed(diff['mean'])} [{signed(diff['low'])}, {signed(diff['high'])}]" if diff else "–"
+        ref = REFERENCE_PROJECT.get(s["family"], ("–", ""))
+        lines.append(f"| {s['family']} | {s['backend']} | {s['n']} | **{s['log_px_mean']:.2f}** "
+                     f"[{s['log_px_low']:.2f}, {s['log_px_high']:.2f}] | {diff_text} | "
+                     f"{number(s['examples_per_s_mean'])} | {ref[0]} ({ref[1]}) |")
+        if diff:
+            if diff["low"] > 0 or diff["high"] < 0:
+                better = s["backend"] if diff["mean"] > 0 else diff["versus"]
+                claims.append(f"{s['family']}: {better} is ahead of the other by {abs(diff['mean']):.2f} nats, an "
+                              "interval across seeds that excludes zero (training spread)")
+            else:
+                claims.append(f"{s['family']}: {s['backend']} and {diff['versus']} are not distinguishable (their "
+                              "difference's 95% interval across seeds includes zero)")
+    return "\n".join(lines) + "\n\n" + "; ".join(claims) + "."
+
+
+def bench(path: str) -> str:
+    """The interleaved timing table: medians over rounds with intervals, within-round ratios."""
+    b = load(path, "bench.json")
+    s = b["summary"]
+    lines = [f"| configuration | backend | train ex/s [95%] | ÷ {s['reference']} [95%] | % of peak | warm-up s | "
+             f"eval samples/s [95%] | ÷ {s['reference']} [95%] |", "|---|---|---|---|---|---|---|---|"]
+    claims = []
+    for entry in s["configs"]:
+        for row in entry["backends"]:
+            if not row.get("rounds_used"):
+                continue
+            t, e = row["train_examples_per_s"], row["eval_samples_per_s"]
+            ratio = row.get("train_ratio")
+            lines.append(f"| {entry['config']} | {row['backend']} | {t[0]:,.0f} [{t[1]:,.0f}, {t[2]:,.0f}] | "
+                         f"{ratio_text(ratio)} | {100 * row['train_fraction_of_peak'][0]:.0f}% | "
+                         f"{row['warmup_s']:.1f} | "
+                         f"{e[0]:,.0f} [{e[1]:,.0f}, {e[2]:,.0f}] | {ratio_text(row.get('eval_ratio'))} |")
+            if ratio and ratio["differs"]:
+                word = "faster" if ratio["ratio"] > 1 else "slower"
+                claims.append(f"{entry['config']}: {row['backend']} trains {word} than {ratio['versus']} "
+                              f"(×{ratio['ratio']:.2f}, 95% interval over {ratio['rounds']} rounds "
+                              f"[{ratio['low']:.2f}, {ratio['high']:.2f}])")
+    peaks = [p["flop_per_s"] for p in s["peaks"]]
+    tail = (f"{b['rounds']} interleaved rounds; the best GEMM per round (the peak) ranged over "
+            f"{min(peaks) / 1e9:.0f}–{max(peaks) / 1e9:.0f} GFLOP/s.")
+    return "\n".join(lines) + "\n\n" + tail + (" Distinguishable differences: " + "; ".join(claims) + "."
+                                                 if claims else " No difference in training speed is distinguishable.")
+
+
+def ratio_text(r: dict | None) -> str:
+    if not r:
+        return "1"
+    return f"{r['ratio']:.2f} [{r['low']:.2f}, {r['high']:.2f}]"
+
+
+def peak(path: str) -> str:
+    p = run_peak(load(path, "results.json"))
+    return f"{p['flop_per_s'] / 1e9:.0f} GFLOP/s ({p['by']})" if p else "not measured"
+
+
+KINDS: dict[str, Callable[[str], str]] = {"run-table": run_table, "headline": headline, "bench": bench,
+                                          "peak": peak}
+
+
+def render(text: str) -> str:
+    """text with every generated block rebuilt from its results."""
+    def block(m: re.Match) -> str:
+        kind, path = m.group(2), m.group(3)
+        return m.group(1) + KINDS[kind](path).rstrip("\n") + "\n" + m.group(5)
+
+    return MARKER.sub(block, text)
+
+
+def blocks(text: str) -> list[tuple[str, str, str]]:
+    return [(m.group(2), m.group(3), m.group(4)) for m in MARKER.finditer(text)]
+
+
+def update(readme: Path = ROOT / "README.md") -> bool:
+    """Rewrite README.md's generated blocks; True if anything changed."""
+    old = readme.read_text()
+    new = render(old)
+    if new != old:
+        readme.write_text(new)
+    return new != old
