@@ -199,3 +199,11 @@ PRESETS["bergamin-z12"] = _BERGAMIN | dict(encoder=(256, 128), decoder=(256, 128
                                            steps=200 * 781, eval_every=50 * 781)
 PRESETS["bergamin-z3-short"] = PRESETS["bergamin-z3"] | dict(steps=20 * 781, eval_every=10 * 781)
 PRESETS["bergamin-z12-short"] = PRESETS["bergamin-z12"] | dict(steps=20 * 781, eval_every=10 * 781)
+# The 2-D VAE of the visual seed of this suite (a course project's VAE drawn in its latent plane): one hidden layer
+# of 500 with tanh in encoder and decoder, z = 2, Adam 1e-3, batch 200 (250 steps per pass); 40 passes, or 10.
+# Its figures (report/vae2d.py): the test digits' latent means by class, the decoded manifold, and the true
+# posterior of a half-seen digit beside its variational fit.
+_VAE_2D = dict(encoder=(500,), decoder=(500,), activation="tanh", latent_size=2, optimizer="adam",
+               learning_rate=1e-3, batch_size=200, eval_k=500, valid_examples=2000, test_examples=10_000)
+PRESETS["vae-2d"] = _VAE_2D | dict(steps=40 * 250, eval_every=10 * 250)
+PRESETS["vae-2d-short"] = _VAE_2D | dict(steps=10 * 250, eval_every=5 * 250)

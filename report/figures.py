@@ -77,16 +77,13 @@ def interpolation(model: reference.VAE, test_x: np.ndarray, steps: int = 8) -> n
     return np.concatenate(rows)
 
 
-def inpaint(model: reference.VAE, test_x: np.ndarray, n: int = 8, iterations: int = 300,
-            samples: int = 8, lr: float = 0.05) -> np.ndarray:
-    """Fill the bottom half from the top half: fit q(z) = N(mu, softplus(rho)^2) to the observed
-    pixels only (stochastic variational inference with Adam, the decoder fixed), decode mu.
-    Rows: truth, what is observed (bottom half grey), the completion."""
+def fit_observed(model: reference.VAE, x: np.ndarray, observed: np.ndarray, iterations: int = 300,
+                 samples: int = 8, lr: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+    """Stochastic variational inference on the observed pixels only, the decoder fixed: q(z) = N(mu, scale^2)
+    per example, scale = softplus(rho), fitted with Adam to the ELBO of the observed pixels (one fixed seed).
+    Returns (mu, scale), each (n, L)."""
     rng = np.random.default_rng(IMAGE_SEED)
-    x = pick(test_x, n, offset=8)
-    observed = np.zeros(784)
-    observed[:392] = 1.0  # rows 0-13
-    L = model.spec.latent_size
+    n, L = len(x), model.spec.latent_size
     mu, rho = np.zeros((n, L)), np.full((n, L), np.log(np.expm1(1.0)))
     moments = [np.zeros_like(mu), np.zeros_like(mu), np.zeros_like(rho), np.zeros_like(rho)]
     for it in range(1, iterations + 1):
@@ -103,6 +100,16 @@ def inpaint(model: reference.VAE, test_x: np.ndarray, n: int = 8, iterations: in
             m[:] = 0.9 * m + 0.1 * grad
             v[:] = 0.999 * v + 0.001 * grad**2
             param += lr * (m / (1 - 0.9**it)) / (np.sqrt(v / (1 - 0.999**it)) + 1e-8)
+    return mu, reference.softplus(rho)
+
+
+def inpaint(model: reference.VAE, test_x: np.ndarray, n: int = 8) -> np.ndarray:
+    """Fill the bottom half from the top half: fit q(z) to the observed pixels only (fit_observed), decode its
+    mean. Rows: truth, what is observed (bottom half grey), the completion."""
+    x = pick(test_x, n, offset=8)
+    observed = np.zeros(784)
+    observed[:392] = 1.0  # rows 0-13
+    mu, _ = fit_observed(model, x, observed)
     filled = np.where(observed > 0, x, bernoulli_mean(model, mu))
     return np.concatenate([x, np.where(observed > 0, x, 0.5), filled])
 
@@ -240,7 +247,8 @@ def save_throughput(run_dir: Path, results: dict) -> str | None:
 
 
 # model family -> the report module that draws its own figures: figures(run_dir, results, test_x) -> [file names]
-FAMILY_FIGURES: dict[str, str] = {"cvae": "report.cvae", "fa": "report.fa", "gmvae": "report.gmvae"}
+FAMILY_FIGURES: dict[str, str] = {"vae": "report.vae2d", "cvae": "report.cvae", "fa": "report.fa",
+                                  "gmvae": "report.gmvae"}
 
 
 def save_all(run_dir: Path, results: dict, test_x: np.ndarray | None) -> list[str]:

@@ -35,8 +35,14 @@ def signed(x: float, digits: int = 2) -> str:
 
 
 def run_table(path: str) -> str:
-    """A run's whole table, as in its results.md."""
+    """A run's whole table, as in its results.md (of a run of several models: its first model's)."""
     return markdown_table(load(path, "results.json"))
+
+
+def model_table(path: str) -> str:
+    """One model's table from a run of several: path is results/<run>#<model>, e.g. results/quick-cpu-models#fa."""
+    folder, _, model = path.partition("#")
+    return markdown_table(load(folder, "results.json"), model)
 
 
 def headline(path: str) -> str:
@@ -105,8 +111,8 @@ def peak(path: str) -> str:
     return f"{p['flop_per_s'] / 1e9:.0f} GFLOP/s ({p['by']})" if p else "not measured"
 
 
-KINDS: dict[str, Callable[[str], str]] = {"run-table": run_table, "headline": headline, "bench": bench,
-                                          "peak": peak}
+KINDS: dict[str, Callable[[str], str]] = {"run-table": run_table, "model-table": model_table, "headline": headline,
+                                          "bench": bench, "peak": peak}
 
 
 def render(text: str) -> str:
