@@ -25,10 +25,12 @@ def write_index(results_root: Path) -> None:
             continue
         backends = ", ".join(dict.fromkeys(run["backend"] for run in r["runs"]))
         machine = f"{r['environment']['cpu']}, {r['environment']['cpu_count']} cores"
-        spec = r["spec"]
+        specs = r.get("model_specs") or [r["spec"]]  # a run of several models: each its own steps and K
+        setting = "; ".join(f"{s['model'] + ': ' if len(specs) > 1 else ''}{s['steps']:,} steps, K = {s['eval_k']}"
+                            for s in specs)
         state = "clean" if r.get("provenance", {}).get("clean") else "**uncommitted changes**"
         entries.append((r["created"], f"| {r['created'][:10]} | [{path.parent.name}]({path.parent.name}/results.md) | "
-                        f"{r.get('preset', '–')} ({spec['steps']:,} steps, K = {spec['eval_k']}) | {backends} | "
+                        f"{r.get('preset', '–')} ({setting}) | {backends} | "
                         f"{', '.join(r.get('families', []))} | {r.get('seeds', 1)} | {machine} | "
                         f"`{r.get('provenance', {}).get('commit', '?')}` {state} | {headline(r)} |"))
     lines = ["# Results", "",

@@ -19,6 +19,7 @@ import argparse
 import datetime
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -304,6 +305,7 @@ def main(argv: list[str], usage_error: type[Exception]) -> int:
                  summary=summarize(rounds, names, specs, reference), raw="rounds.json")
     (args.out / "bench.json").write_text(json.dumps(bench, indent=2) + "\n")
     (args.out / "bench.md").write_text(markdown(bench))
+    shutil.rmtree(args.out / ".cache", ignore_errors=True)  # the frameworks' compile caches: done with
     print(markdown(bench))
     return 0
 
