@@ -163,8 +163,12 @@ def markdown_table(results: dict, model: str | None = None) -> str:
     """The table of one model family (default: the run's first)."""
     model = model or models(results)[0]
     names = columns(results, model)
-    lines = ["| " + " | ".join(header(c, model) for c in names) + " |", "|" + "---|" * len(names)]
-    lines += ["| " + " | ".join(r.get(c, "–") for c in names) + " |" for r in rows(results, model)]
+
+    def escaped(text: str) -> str:  # a | inside a cell, as in log p(y|x), would end the cell
+        return text.replace("|", "\\|")
+
+    lines = ["| " + " | ".join(escaped(header(c, model)) for c in names) + " |", "|" + "---|" * len(names)]
+    lines += ["| " + " | ".join(escaped(r.get(c, "–")) for c in names) + " |" for r in rows(results, model)]
     return "\n".join(lines)
 
 

@@ -55,3 +55,8 @@ def test_committed_tables_regenerate_from_results_json(run_dir):
 def test_committed_logs_hold_no_progress_bar_noise(run_dir):
     for log in run_dir.rglob("log.txt"):
         assert "\r" not in log.read_text(errors="replace"), log
+
+
+def test_results_hold_runs_and_a_benchmark():
+    """What README.md quotes is committed: at least one run and one interleaved benchmark."""
+    assert RUNS and BENCHES
