@@ -134,7 +134,7 @@ def test_every_model_runs_end_to_end_with_a_table_each(tmp_path):
     table = (out / "results.md").read_text()
     for heading in ("Factor analysis", "CVAE", "Gaussian-mixture VAE", "VRNN"):
         assert heading in table, heading
-    for column in ("exact log p(x)", "cluster accuracy", "observed", "log p(y|x)"):
+    for column in ("exact log p(x)", "cluster accuracy", "observed", "log p(y\\|x)"):  # | escaped in a table
         assert column in table, column
     for run in results["runs"]:  # densities of binary images are below 1; FA's Gaussian density need not be
         assert np.isfinite(run["test"]["log_px"]) and (run["test"]["log_px"] < 0 or run["model"] == "fa")
