@@ -33,6 +33,10 @@ class Framework:
     expand_all: bool = False
     variant_env: str = ""  # the environment variable a variant sets for its process (e.g. KERAS_BACKEND)
     variant_requires: tuple[tuple[str, str], ...] = ()  # (variant, module it needs as well)
+    models: tuple[str, ...] | None = None  # the model families it runs (spec.model); None: every one
+
+    def supports(self, model: str) -> bool:
+        return self.models is None or model in self.models
 
     @property
     def module(self) -> str:
@@ -48,6 +52,10 @@ REGISTRY: tuple[Framework, ...] = (
     Framework("torch", ("pytorch",), "torch", "torch==2.13.0", ("torch",)),
     Framework("jax", ("flax",), "flax", "jax==0.10.2 flax==0.12.8 optax==0.2.8", ("jax", "jaxlib", "flax", "optax")),
     Framework("tensorflow", ("tf",), "tensorflow", "tensorflow-cpu==2.21.0", ("tensorflow-cpu", "tensorflow")),
+    # the VAE written once in Keras 3, one row per engine (a process each: Keras reads KERAS_BACKEND once)
+    Framework("keras", (), "keras", "keras>=3.5", ("keras", "jax", "jaxlib", "torch", "tensorflow-cpu", "tensorflow"),
+              default=False, variants=("jax", "torch", "tensorflow"), expand_all=True, variant_env="KERAS_BACKEND",
+              variant_requires=(("jax", "jax"), ("torch", "torch"), ("tensorflow", "tensorflow")), models=("vae",)),
 )
 BY_NAME = {f.name: f for f in REGISTRY} | {a: f for f in REGISTRY for a in f.aliases}
 NAMES = tuple(f.name for f in REGISTRY)
@@ -100,6 +108,17 @@ def installed(name: str) -> bool:
     return framework(name).installed(variant_of(name))
 
 
+def supports(name: str, model: str) -> bool:
+    """Whether the backend runs that model family (spec.model); Keras runs the VAE only."""
+    return framework(name).supports(model)
+
+
+def unsupported(name: str, model: str) -> str | None:
+    """None where the backend runs the model, else the one line that says what it runs."""
+    fw = framework(name)
+    return None if fw.supports(model) else f"{fw.name} supports --model {', '.join(fw.models)} only (got {model})"
+
+
 def environment(name: str) -> dict[str, str]:
     """What a backend's process must have in its environment before the framework is imported."""
     fw, variant = framework(name), variant_of(name)
@@ -120,4 +139,4 @@ def create(name: str) -> Backend:
 
 
 __all__ = ["Backend", "BackendUnavailable", "DEFAULT", "Framework", "NAMES", "REGISTRY", "canonical_name",
-           "create", "environment", "expand", "framework", "installed", "variant_of"]
+           "create", "environment", "expand", "framework", "installed", "supports", "unsupported", "variant_of"]

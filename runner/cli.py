@@ -221,6 +221,10 @@ def parse_backends(text: str, specs: list[Spec] | None = None) -> list[str]:
         raise UsageError("--backends is empty; choose from " + ", ".join(backends.NAMES))
     if "numpy" in names and specs and specs[0].dtype != "float64":
         raise UsageError("the numpy backend is the float64 reference: add --dtype float64 (small runs only)")
+    for name in names:  # a backend written for some model families only (keras: the VAE) says so up front
+        problem = next((p for s in specs or [] if (p := backends.unsupported(name, s.model))), None)
+        if problem:
+            raise UsageError(problem)
     return list(dict.fromkeys(names))
 
 

@@ -20,7 +20,10 @@ def backend_param(name: str):
     return pytest.param(name, marks=pytest.mark.skipif(skip, reason=f"{name} not installed"))
 
 
-ROWS = [row for name in backends.NAMES for row in backends.expand(name)]  # every backend and variant (keras[jax])
+# the frameworks the tests run inside the pytest process: not those whose variant is a process of its own (keras reads
+# KERAS_BACKEND once per process; tests/test_keras.py runs each of its engines in a child process)
+IN_PROCESS = [name for name in backends.NAMES if not backends.framework(name).variant_env]
+ROWS = [row for name in IN_PROCESS for row in backends.expand(name)]
 BACKENDS = [backend_param(n) for n in ROWS]  # the float64 reference (numpy) included
 FRAMEWORKS = [backend_param(n) for n in ROWS if n != "numpy"]
 FAMILIES = ["mean-field", "iaf"]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import BACKENDS, FAMILIES, ROOT
+from conftest import BACKENDS, FAMILIES, IN_PROCESS, ROOT
 from helpers import compare
 
 import backends
@@ -38,7 +38,7 @@ def test_params_file_from_one_backend_loads_into_every_backend(writer, family, t
     assert all(v.dtype == np.float32 for v in loaded.values())
     x, eps = train_x[:16], rng.standard_normal((1, 16, 8))
     expected = vae.log_weights(spec, loaded, x, eps)
-    for reader in backends.NAMES:
+    for reader in IN_PROCESS:
         target = backends.create(reader)
         target.load(spec, loaded, train_x)
         np.testing.assert_allclose(target.log_weights(x, 1, noise=eps)[0], expected, rtol=1e-10,
@@ -148,7 +148,7 @@ def test_validation_settings_do_not_change_training_in_any_backend(tmp_path, dat
     base = Spec(variational="iaf", encoder=(32,), decoder=(32,), latent_size=4, batch_size=32, steps=60,
                 eval_every=20, eval_k=5, valid_examples=50, test_examples=60, dtype="float64")
     other = base.replace(eval_every=30, eval_k=9, valid_examples=77)
-    for name in backends.NAMES:
+    for name in IN_PROCESS:
         finals = []
         for i, spec in enumerate((base, other)):
             folder = tmp_path / f"{name}-{i}"
