@@ -6,11 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import BACKENDS
-from helpers import assert_close, binary, make
+from helpers import assert_close, assert_fast_is_parity_and_twenty_steps_match, binary, make
 
-from backends.numpy import optim, vrnn
+from backends.numpy import vrnn
 from common.models import vrnn as description
-from common.optim import SLOTS, learning_rates
 from common.params import init_params, param_shapes
 from common.spec import Spec
 
@@ -22,14 +21,6 @@ CELLS = pytest.mark.parametrize("spec", [SPEC, LSTM], ids=["gru-tanh", "lstm-lin
 
 def noise(rng, spec: Spec, k: int, n: int) -> np.ndarray:
     return rng.standard_normal(description.noise_shape(spec, k, n))
-
-
-def reference_train(spec: Spec, params: dict, train_x, indices, steps_noise):
-    params, state = dict(params), optim.init_state(spec, params)
-    for idx, eps, lr in zip(indices, steps_noise, learning_rates(spec, 0, len(indices), len(train_x)), strict=True):
-        _, grads = vrnn.objective_and_grads(spec, params, train_x[idx], eps)
-        params = optim.update(spec, params, {k: -g for k, g in grads.items()}, state, lr)
-    return params, state
 
 
 @CELLS
@@ -74,25 +65,8 @@ def test_log_weights_and_gradients_match_reference_float64(name, spec, rng):
 def test_fast_mode_is_parity_mode_and_twenty_steps_match_reference_float64(name, rng):
     """Ten steps in fast mode equal ten in parity mode fed the noise fast mode draws; ten more in parity mode
     reach the reference's parameters and Adam state after twenty steps."""
-    params, train_x = init_params(SPEC), binary(rng, 24)
-    indices = rng.integers(0, len(train_x), size=(20, SPEC.batch_size))
-    fast = make(name, SPEC, params, train_x)
-    previewed = fast.preview_noise(10)
-    assert previewed.shape == (10, *description.noise_shape(SPEC, SPEC.train_k, SPEC.batch_size))
-    steps_noise = np.concatenate([previewed, rng.standard_normal(previewed.shape)])
-    fast_value = fast.train(indices[:10])
-    parity = make(name, SPEC, params, train_x)
-    assert parity.train(indices[:10], steps_noise[:10]) == pytest.approx(fast_value, rel=1e-12)
-    for k, v in fast.params().items():
-        assert_close(v, parity.params()[k], 1e-12, f"{k}, fast vs parity")
-    parity.train(indices[10:], steps_noise[10:])
-    ref_params, ref_state = reference_train(SPEC, params, train_x, indices, steps_noise)
-    trained, state = parity.params(), parity.optimizer_state()
-    assert int(state["step"]) == 20
-    for k in ref_params:
-        assert_close(trained[k], ref_params[k], 1e-8, f"{k} after 20 steps")
-        for slot in SLOTS[SPEC.optimizer]:
-            assert_close(state[slot][k], ref_state[slot][k], 1e-8, f"{slot} of {k}")
+    params = init_params(SPEC)
+    assert_fast_is_parity_and_twenty_steps_match(name, SPEC, vrnn, params, binary(rng, 24), rng)
 
 
 def test_flops_count_every_map_once_per_step():
