@@ -209,21 +209,6 @@ def load(data_dir: str | os.PathLike | None = None) -> Dataset:
     return Dataset(**{s: a for s, (a, _) in loaded.items()}, source=loaded["train"][1])
 
 
-def load_for(spec, data_dir: str | os.PathLike | None = None) -> Dataset:
-    """The data a spec's model family trains on: its own (factor analysis: synthetic) or binarized MNIST."""
-    from common.models import family
-
-    make = getattr(family(spec), "dataset", None)
-    return make(spec, data_dir) if make else load(data_dir)
-
-
-def split_sizes(spec) -> dict[str, int]:
-    from common.models import family
-
-    sizes = getattr(family(spec), "split_sizes", None)
-    return sizes(spec) if sizes else dict(SPLIT_SIZES)
-
-
 def subset_rows(split: str, n: int, size: int | None = None) -> np.ndarray:
     """The rows of a split (of size rows, binarized MNIST's by default) that an n-example subset uses: a fixed
     uniform draw without replacement (so class-balanced in expectation; nested: the first n of one

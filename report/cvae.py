@@ -16,7 +16,7 @@ from common.data import test_labels
 from common.params import load_params
 from common.spec import Spec
 from report.figures import IMAGE_SEED, grid, pick, pyplot
-from report.tables import run_folder
+from report.runs import run_folder
 
 ROWS = ("observed", "truth", "prior mean", "sample", "sample")
 CAPTIONS = {"cvae_completions.png": "Conditional VAE: the same test digits (one of each class) completed by every "

@@ -18,7 +18,7 @@ from common.models import fa as description
 from common.params import load_params
 from common.spec import Spec
 from report.figures import IMAGE_SEED, pyplot
-from report.tables import run_folder
+from report.runs import run_folder
 
 K_GRID = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 CAPTIONS = {

@@ -16,7 +16,7 @@ import numpy as np
 from backends.numpy import vae as reference
 from common.params import load_params
 from common.spec import Spec
-from report.tables import run_folder, run_peak
+from report.runs import run_folder, run_peak
 
 FIGURES = ("learning_curves", "throughput", "samples", "reconstructions", "interpolation", "inpainting",
            "manifold")

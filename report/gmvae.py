@@ -18,7 +18,7 @@ from common.models import gmvae as description
 from common.params import load_params
 from common.spec import Spec
 from report.figures import IMAGE_SEED, grid, pyplot
-from report.tables import run_folder
+from report.runs import run_folder
 
 PER_COMPONENT = 10  # generations per component
 CAPTIONS = {

@@ -18,7 +18,8 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from report.tables import markdown_table, number, run_peak
+from report.runs import run_peak
+from report.tables import markdown_table, number
 
 ROOT = Path(__file__).resolve().parents[1]
 MARKER = re.compile(r"(<!-- generated: (\S+) (\S+) -->\n)(.*?)(<!-- end generated -->)", re.S)

@@ -8,6 +8,8 @@ import json
 import math
 from pathlib import Path
 
+from report.runs import run_peak
+
 COLUMNS = ["family", "backend", "test ELBO", "test log p(x)", "Δ log p(x) (paired)", "active units",
            "train ex/s", "train % peak", "outside load", "warm-up s", "eval samples/s", "eval % peak", "wall s",
            "status"]
@@ -66,21 +68,6 @@ def family_label(run: dict) -> str:
     return run["family"] if spec.get("model", "vae") == "vae" else spec["model"]
 
 
-def run_peak(results: dict) -> dict | None:
-    """The best float32 GEMM rate measured anywhere in the run (every framework's GEMMs, large square and at
-    the model's shape, and NumPy's), so that a % of peak can never read above 100 %."""
-    candidates = []
-    sources = [("numpy", results.get("peak", {}))] + [(r["backend"], r.get("peak", {})) for r in results["runs"]]
-    for by, source in sources:
-        for key in ("square_flop_per_s", "square_4096_flop_per_s", "model_shape_flop_per_s"):
-            if source.get(key):
-                candidates.append((source[key], by, key))
-    if not candidates:
-        return None
-    best = max(candidates, key=lambda c: c[0])
-    return {"flop_per_s": best[0], "by": best[1], "shape": best[2]}
-
-
 def percent_of_peak(flop_per_s: float, results: dict) -> str:
     peak = run_peak(results)
     return f"{100 * flop_per_s / peak['flop_per_s']:.0f}%" if peak else "–"
@@ -131,11 +118,6 @@ def rows(results: dict, model: str | None = None) -> list[dict[str, str]]:
                 f" (log: {run['log']})" if run.get("log") else "")
         out.append(row)
     return out
-
-
-def run_folder(run_dir: Path, run: dict) -> Path:
-    """Where a backend and family wrote its files."""
-    return run_dir / run.get("folder", f"{run['backend']}-{run['family']}")
 
 
 def label(model: str) -> str:

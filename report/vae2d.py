@@ -24,7 +24,7 @@ from common.data import test_labels
 from common.params import load_params
 from common.spec import Spec
 from report.figures import bernoulli_mean, fit_observed, pick, pyplot
-from report.tables import run_folder
+from report.runs import run_folder
 
 GRID, BOX = 101, 6.0  # the grid of the true posterior: GRID points per axis over [-BOX, BOX]
 DIGITS = 3  # test digits in the isocontours figure

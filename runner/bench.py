@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def parser() -> argparse.ArgumentParser:
-    from runner.cli import Parser
+    from runner.usage import Parser
 
     p = Parser(prog="compare.py bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -269,7 +269,7 @@ def markdown(bench: dict) -> str:
 
 def main(argv: list[str], usage_error: type[Exception]) -> int:
     from runner import provenance
-    from runner.cli import child_environment
+    from runner.launch import child_environment
 
     args = parser().parse_args(argv)
     try:

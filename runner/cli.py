@@ -20,9 +20,12 @@ from pathlib import Path
 
 import backends
 from common import data
+from common.models import load_data, split_sizes
 from common.spec import FAMILIES, PRESETS, Spec, parse_widths
 from report import index, tables
 from runner import launch, provenance
+from runner.launch import child_environment, contained
+from runner.usage import Parser, UsageError
 from runner.worker import SQUARE, family_name
 
 ROOT = provenance.ROOT
@@ -95,22 +98,10 @@ SPEC_FLAGS: dict[str, tuple[str, object, str]] = {
                                   "tensorflow: MirroredStrategy); on a CPU, N logical devices share the cores"),
 }
 RESUME_MAY_CHANGE = ("--data-dir", "--resume")
-SHARED_CACHES = ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")
-
-
-class UsageError(Exception):
-    """Bad input: printed as one line, exit status 2, nothing written."""
 
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM (Slurm, Kubernetes, `timeout`): handled as Ctrl-C is."""
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse, with its errors as one line (no usage block): compare.py: error: ..., exit status 2."""
-
-    def error(self, message: str):
-        raise UsageError(f"{message} (see {self.prog} --help)")
 
 
 def run_parser() -> argparse.ArgumentParser:
@@ -201,7 +192,7 @@ def build_specs(args: argparse.Namespace) -> list[Spec]:
     models = list(dict.fromkeys(m.strip() for m in args.model.split(",") if m.strip())) or ["vae"]
     specs = [s for model in models for s in model_specs(model, families, args)]
     for spec in specs:
-        sizes = data.split_sizes(spec)
+        sizes = split_sizes(spec)
         if spec.batch_size > sizes["train"]:
             raise UsageError(f"batch-size {spec.batch_size} exceeds the {sizes['train']:,} training examples")
         for name, split in (("valid_examples", "valid"), ("test_examples", "test")):
@@ -249,29 +240,6 @@ def write_config(backend: str, spec: Spec, out_dir: Path, data_dir: str | None, 
                                       params=portable(params), checkpoint_every=checkpoint_every,
                                       resume=resume), indent=2) + "\n")
     return config
-
-
-def contained(run_dir: Path) -> dict[str, str]:
-    """Every cache and temporary file inside the run folder (Inductor's compiled kernels, matplotlib's font
-    cache, XDG caches, temporary files), so that a run writes nowhere else; set in this process too."""
-    cache = run_dir.resolve() / ".cache"
-    (cache / "tmp").mkdir(parents=True, exist_ok=True)
-    env = {"TMPDIR": str(cache / "tmp"), "XDG_CACHE_HOME": str(cache), "XDG_CONFIG_HOME": str(cache / "config"),
-           "MPLCONFIGDIR": str(cache / "matplotlib"), "TORCHINDUCTOR_CACHE_DIR": str(cache / "torchinductor"),
-           "TRITON_CACHE_DIR": str(cache / "triton"), "KERAS_HOME": str(cache / "keras")}
-    # a compile cache the user named explicitly is theirs to share between runs (the tests do)
-    env |= {k: os.environ[k] for k in SHARED_CACHES if os.environ.get(k) and not os.environ[k].startswith(str(cache))}
-    os.environ.update(env)
-    import tempfile
-
-    tempfile.tempdir = env["TMPDIR"]
-    return env
-
-
-def child_environment(backend: str, spec: Spec, run_dir: Path) -> dict[str, str]:
-    """The worker's environment: what N devices need, and its caches inside the run folder."""
-    return launch.environment(backend, spec.devices) | contained(run_dir) | {
-        "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
 
 
 def worker_launch(backend: str, spec: Spec, config: Path) -> list[str]:
@@ -411,7 +379,7 @@ def command_run(argv: list[str]) -> int:
                     started=started.isoformat(timespec="seconds"), provenance=provenance.commit_state(),
                     index=args.index)
     try:
-        datasets = {s.model: data.load_for(s, data_dir) for s in specs}  # fail here, once, before any child starts
+        datasets = {s.model: load_data(s, data_dir) for s in specs}  # fail here, once, before any child starts
         # binarized MNIST, for the figures of the families that train on it (factor analysis makes its own data)
         dataset = next((d for d in datasets.values() if d.source != data.SYNTHETIC), None) or data.load(data_dir)
     except data.DataError as e:

@@ -15,8 +15,13 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
+
+from common.spec import Spec
 
 HOST_DEVICES_FLAG = "--xla_force_host_platform_device_count"
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_CACHES = ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")
 
 
 def command(backend: str, devices: int, target: list[str]) -> list[str]:
@@ -59,3 +64,26 @@ def is_main_process(env: dict[str, str] | None = None) -> bool:
         except (ValueError, AttributeError, TypeError):
             return True
     return True
+
+
+def contained(run_dir: Path) -> dict[str, str]:
+    """Every cache and temporary file inside the run folder (Inductor's compiled kernels, matplotlib's font
+    cache, XDG caches, temporary files), so that a run writes nowhere else; set in this process too."""
+    cache = run_dir.resolve() / ".cache"
+    (cache / "tmp").mkdir(parents=True, exist_ok=True)
+    env = {"TMPDIR": str(cache / "tmp"), "XDG_CACHE_HOME": str(cache), "XDG_CONFIG_HOME": str(cache / "config"),
+           "MPLCONFIGDIR": str(cache / "matplotlib"), "TORCHINDUCTOR_CACHE_DIR": str(cache / "torchinductor"),
+           "TRITON_CACHE_DIR": str(cache / "triton"), "KERAS_HOME": str(cache / "keras")}
+    # a compile cache the user named explicitly is theirs to share between runs (the tests do)
+    env |= {k: os.environ[k] for k in SHARED_CACHES if os.environ.get(k) and not os.environ[k].startswith(str(cache))}
+    os.environ.update(env)
+    import tempfile
+
+    tempfile.tempdir = env["TMPDIR"]
+    return env
+
+
+def child_environment(backend: str, spec: Spec, run_dir: Path) -> dict[str, str]:
+    """The worker's environment: what N devices need, and its caches inside the run folder."""
+    return environment(backend, spec.devices) | contained(run_dir) | {
+        "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}

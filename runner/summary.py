@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from common.metrics import paired_difference, t_interval
-from report.tables import run_folder
+from report.runs import run_folder
 from runner import provenance
 
 

@@ -29,7 +29,7 @@ import numpy as np
 import backends
 from common import data, evaluation, streams
 from common.metrics import LoadProbe, is_clean, mean_and_se, steady_state
-from common.models import family
+from common.models import family, load_data
 from common.params import init_params, load_params, save_params
 from common.spec import Spec
 from runner import launch
@@ -322,12 +322,12 @@ def main(argv: list[str]) -> int:
     spec = Spec.from_dict(config["spec"])
     try:
         if config.get("params"):
-            test = data.load_for(spec, config.get("data_dir")).test
+            test = load_data(spec, config.get("data_dir")).test
             test_rows = data.subset_rows("test", spec.test_examples, len(test))
             test_x = test[test_rows]
             metrics = evaluate_saved(config["backend"], spec, Path(config["params"]), test_x, test_rows, out_dir)
         else:
-            metrics = train_and_evaluate(config["backend"], spec, data.load_for(spec, config.get("data_dir")), out_dir,
+            metrics = train_and_evaluate(config["backend"], spec, load_data(spec, config.get("data_dir")), out_dir,
                                          checkpoint_every=config.get("checkpoint_every"),
                                          resume=config.get("resume", False))
         code = 0

@@ -18,8 +18,10 @@ component out exactly in the ELBO but samples a stratified weight for log p(x)).
 
 from __future__ import annotations
 
+import os
 from types import ModuleType
 
+from common import data
 from common.models import cvae, fa, gmvae, vae, vrnn
 
 FAMILIES: dict[str, ModuleType] = {"vae": vae, "cvae": cvae, "vrnn": vrnn, "fa": fa, "gmvae": gmvae}
@@ -27,3 +29,15 @@ FAMILIES: dict[str, ModuleType] = {"vae": vae, "cvae": cvae, "vrnn": vrnn, "fa":
 
 def family(spec) -> ModuleType:
     return FAMILIES[spec.model]
+
+
+def load_data(spec, data_dir: str | os.PathLike | None = None) -> data.Dataset:
+    """The data a spec's model family trains on: its own (factor analysis: synthetic) or binarized MNIST."""
+    make = getattr(family(spec), "dataset", None)
+    return make(spec, data_dir) if make else data.load(data_dir)
+
+
+def split_sizes(spec) -> dict[str, int]:
+    """Train / valid / test sizes of the family's data (binarized MNIST's unless the family says otherwise)."""
+    sizes = getattr(family(spec), "split_sizes", None)
+    return sizes(spec) if sizes else dict(data.SPLIT_SIZES)
