@@ -73,7 +73,27 @@ def headline(path: str) -> str:
             else:
                 claims.append(f"{s['family']}: {s['backend']} and {diff['versus']} are not distinguishable (their "
                               "difference's 95% interval across seeds includes zero)")
+    if with_reference:
+        claims += reference_claims(results["across_seeds"])
     return "\n".join(lines) + "\n\n" + "; ".join(claims) + "."
+
+
+def reference_claims(across_seeds: list[dict]) -> list[str]:
+    """Per family, where the reference project's one published number falls against each backend's interval across
+    seeds (a single run of theirs: its own seed spread is unknown, so only an interval that excludes it counts)."""
+    claims = []
+    for family, (published, _) in REFERENCE_PROJECT.items():
+        value = float(published.replace("−", "-"))
+        rows = [s for s in across_seeds if s["family"] == family]
+        # where the published number lies against each backend's interval
+        place = {"below": [s["backend"] for s in rows if s["log_px_low"] > value],
+                 "above": [s["backend"] for s in rows if s["log_px_high"] < value]}
+        place["inside"] = [s["backend"] for s in rows if s["backend"] not in place["below"] + place["above"]]
+        for where, names in place.items():
+            if names:
+                claims.append(f"{family}: the reference project's {published} (one run, its seed spread not "
+                              f"published) lies {where} the interval across seeds of {', '.join(names)}")
+    return claims
 
 
 def bench(path: str) -> str:
@@ -90,9 +110,9 @@ def bench(path: str) -> str:
             t, e = row["train_examples_per_s"], row["eval_samples_per_s"]
             ratio = row.get("train_ratio")
             lines.append(f"| {entry['config']} | {row['backend']} | {t[0]:,.0f} [{t[1]:,.0f}, {t[2]:,.0f}] | "
-                         f"{ratio_text(ratio)} | {100 * row['train_fraction_of_peak'][0]:.0f}% | "
-                         f"{row['warmup_s']:.1f} | "
-                         f"{e[0]:,.0f} [{e[1]:,.0f}, {e[2]:,.0f}] | {ratio_text(row.get('eval_ratio'))} |")
+                         f"{ratio_text(ratio, s['reference'])} | {100 * row['train_fraction_of_peak'][0]:.0f}% | "
+                         f"{row['warmup_s']:.1f} | {e[0]:,.0f} [{e[1]:,.0f}, {e[2]:,.0f}] | "
+                         f"{ratio_text(row.get('eval_ratio'), s['reference'])} |")
             if ratio and ratio["differs"]:
                 word = "faster" if ratio["ratio"] > 1 else "slower"
                 claims.append(f"{entry['config']}: {row['backend']} trains {word} than {ratio['versus']} "
@@ -105,10 +125,37 @@ def bench(path: str) -> str:
                                                  if claims else " No difference in training speed is distinguishable.")
 
 
-def ratio_text(r: dict | None) -> str:
+def ratio_text(r: dict | None, reference: str | None = None) -> str:
+    """A ratio with its interval; against another row than the column's reference, it names that row."""
     if not r:
         return "1"
-    return f"{r['ratio']:.2f} [{r['low']:.2f}, {r['high']:.2f}]"
+    text = f"{r['ratio']:.2f} [{r['low']:.2f}, {r['high']:.2f}]"
+    return text if reference is None or r["versus"] == reference else f"{text} ÷ {r['versus']}"
+
+
+def paired_rows(path: str) -> str:
+    """One sentence per row measured against its own engine's native row (keras[jax] against jax): training,
+    evaluation and warm-up as ratios within rounds, each with its 95% interval over rounds and what may be said."""
+    b = load(path, "bench.json")
+    s = b["summary"]
+    lines = []
+    for entry in s["configs"]:
+        for row in entry["backends"]:
+            train = row.get("train_ratio")
+            if not row.get("rounds_used") or not train or not row["backend"].endswith(f"[{train['versus']}]"):
+                continue  # a row against the reference, not against its own engine
+            parts = []
+            for what, r in (("training", train), ("evaluation", row["eval_ratio"])):
+                verdict = (("faster" if r["ratio"] > 1 else "slower") if r["differs"] else "not distinguishable")
+                parts.append(f"{what} ×{r['ratio']:.2f} [{r['low']:.2f}, {r['high']:.2f}] ({verdict})")
+            w = row["warmup_ratio"]
+            parts.append(f"warm-up ×{w[0]:.2f} [{w[1]:.2f}, {w[2]:.2f}]")
+            lines.append(f"- {entry['config']}, {row['backend']} against {train['versus']}: " + "; ".join(parts)
+                         + f" ({train['rounds']} rounds).")
+    if not lines:
+        return "No row of this benchmark is measured against a native row of its own engine."
+    return ("Ratios measured within each round, with 95% intervals over rounds (timing spread); a ratio above 1 "
+            "is faster (for warm-up: longer):\n\n" + "\n".join(lines))
 
 
 def peak(path: str) -> str:
@@ -117,7 +164,7 @@ def peak(path: str) -> str:
 
 
 KINDS: dict[str, Callable[[str], str]] = {"run-table": run_table, "model-table": model_table, "headline": headline,
-                                          "bench": bench, "peak": peak}
+                                          "bench": bench, "bench-pairs": paired_rows, "peak": peak}
 
 
 def render(text: str) -> str:

@@ -45,3 +45,33 @@ def test_readme_quotes_the_benchmark_and_every_models_table():
     assert any(kind == "bench" for kind, _ in kinds)
     for model in ("fa", "cvae", "gmvae", "vrnn"):
         assert ("model-table", model) in kinds, model
+
+
+def test_paired_rows_state_each_engines_ratio_and_only_call_a_difference_that_the_interval_shows(tmp_path):
+    def ratio(r, low, high, versus):
+        return dict(versus=versus, ratio=r, low=low, high=high, rounds=5, differs=low > 1 or high < 1)
+
+    rows = [dict(backend="jax", rounds_used=5),
+            dict(backend="keras[jax]", rounds_used=5, train_ratio=ratio(0.80, 0.75, 0.86, "jax"),
+                 eval_ratio=ratio(1.02, 0.97, 1.08, "jax"), warmup_ratio=[3.0, 2.5, 3.5]),
+            dict(backend="torch", rounds_used=5, train_ratio=ratio(0.5, 0.4, 0.6, "jax"),
+                 eval_ratio=ratio(0.5, 0.4, 0.6, "jax"), warmup_ratio=[1.0, 1.0, 1.0])]
+    bench = dict(summary=dict(reference="jax", configs=[dict(config="iaf H512", backends=rows)]))
+    (tmp_path / "bench.json").write_text(__import__("json").dumps(bench))
+    text = readme.paired_rows(str(tmp_path))
+    assert "iaf H512, keras[jax] against jax: training ×0.80 [0.75, 0.86] (slower)" in text
+    assert "evaluation ×1.02 [0.97, 1.08] (not distinguishable)" in text
+    assert "warm-up ×3.00 [2.50, 3.50]" in text
+    assert "torch against" not in text  # a row against the reference is the bench table's, not a pair
+
+
+def test_the_reference_projects_number_is_placed_against_each_backends_interval_across_seeds():
+    rows = [dict(family="mean-field", backend="torch", log_px_low=-98.4, log_px_high=-95.7),
+            dict(family="mean-field", backend="jax", log_px_low=-101.0, log_px_high=-99.0),
+            dict(family="mean-field", backend="tensorflow", log_px_low=-104.0, log_px_high=-101.0)]
+    claims = " ".join(readme.reference_claims(rows))
+    published = readme.REFERENCE_PROJECT["mean-field"][0]
+    assert f"{published} (one run, its seed spread not published) lies below the interval across seeds of torch" in claims
+    assert "lies inside the interval across seeds of jax" in claims
+    assert "lies above the interval across seeds of tensorflow" in claims
+    assert "iaf" not in claims  # no IAF rows: nothing said of the IAF's number
