@@ -27,8 +27,8 @@ class Framework:
     install: str  # what to pip install when it is missing
     distributions: tuple[str, ...]  # package names whose versions a run records
     default: bool = True  # run by compare.py when --backends is not given
-    # variants, each a row of its own, run as name[variant] (e.g. keras[jax]); the first is what the bare name
-    # means, unless expand_all: then the bare name means every variant
+    # variants, each a row of its own, run as name[variant] (e.g. keras[jax], torch[eager]); the bare name is the
+    # backend without one, unless expand_all: then the bare name means every variant
     variants: tuple[str, ...] = ()
     expand_all: bool = False
     variant_env: str = ""  # the environment variable a variant sets for its process (e.g. KERAS_BACKEND)
@@ -49,7 +49,8 @@ class Framework:
 
 REGISTRY: tuple[Framework, ...] = (
     Framework("numpy", ("reference",), "numpy", "numpy", ("numpy",), default=False),
-    Framework("torch", ("pytorch",), "torch", "torch==2.13.0", ("torch",)),
+    # torch[eager]: nothing compiled (PyTorch as a user gets it by default), a row beside the tuned torch
+    Framework("torch", ("pytorch",), "torch", "torch==2.13.0", ("torch",), variants=("eager",)),
     Framework("jax", ("flax",), "flax", "jax==0.10.2 flax==0.12.8 optax==0.2.8", ("jax", "jaxlib", "flax", "optax")),
     Framework("tensorflow", ("tf",), "tensorflow", "tensorflow-cpu==2.21.0", ("tensorflow-cpu", "tensorflow")),
     # the VAE written once in Keras 3, one row per engine (a process each: Keras reads KERAS_BACKEND once)

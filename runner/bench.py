@@ -123,6 +123,17 @@ def rotated(names: list[str], round_index: int) -> list[str]:
     return names[shift:] + names[:shift]
 
 
+def worker_environment(env: dict, name: str) -> dict:
+    """A row's process: the bench's environment plus what its variant needs before its framework is imported
+    (keras[jax]: KERAS_BACKEND=jax)."""
+    return env | backends.environment(name)
+
+
+def last_line(log: Path) -> str:
+    lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    return lines[-1][:300] if lines else "no output"
+
+
 def run_round(round_index: int, names: list[str], specs: list[Spec], args: argparse.Namespace, env: dict) -> dict:
     from backends.numpy.engine import Backend as NumpyBackend
 
@@ -138,9 +149,10 @@ def run_round(round_index: int, names: list[str], specs: list[Spec], args: argpa
         print(f"round {round_index + 1}/{args.rounds}: {name}", file=sys.stderr, flush=True)
         with (folder / f"{name}.log.txt").open("wb") as log:
             done = subprocess.run([sys.executable, "-m", "runner.bench", str(folder / f"{name}.job.json")],
-                                  cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+                                  cwd=ROOT, env=worker_environment(env, name), stdout=log, stderr=subprocess.STDOUT)
         if done.returncode:
             result["backends"][name] = {"error": f"exit status {done.returncode}; see {folder.name}/{name}.log.txt"}
+            print(f"  {name} failed: {last_line(folder / f'{name}.log.txt')}", file=sys.stderr, flush=True)
             continue
         result["backends"][name] = json.loads((folder / f"{name}.json").read_text())
     return result

@@ -109,7 +109,8 @@ def run_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backends", default=",".join(backends.DEFAULT),
                         help="comma-separated: " + ", ".join(backends.NAMES) + " (numpy: the float64 reference, "
-                             "for small runs) [%(default)s]")
+                             "for small runs; keras: its three engines' rows keras[jax], keras[torch], "
+                             "keras[tensorflow]; torch[eager]: torch with nothing compiled) [%(default)s]")
     parser.add_argument("--model", default="vae",
                         help="model families, comma-separated: vae, fa (factor analysis), cvae (conditional VAE), "
                              "gmvae (Gaussian-mixture VAE), vrnn (variational RNN); one table each [%(default)s]")

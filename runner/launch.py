@@ -26,7 +26,7 @@ SHARED_CACHES = ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")
 
 def command(backend: str, devices: int, target: list[str]) -> list[str]:
     """argv that runs target (["-m", module, *args] or [script, *args]) for backend on devices."""
-    if backend == "torch" and devices > 1:
+    if backend.startswith("torch") and devices > 1:
         return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={devices}",
                 *target]
     return [sys.executable, *target]
@@ -37,7 +37,7 @@ def environment(backend: str, devices: int, base: dict[str, str] | None = None) 
     import backends
 
     env = dict(os.environ if base is None else base) | backends.environment(backend)
-    if devices > 1 and backend == "torch":
+    if devices > 1 and backend.startswith("torch"):
         # torchrun would set 1 thread per process and warn; share the cores out instead
         env.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // devices)))
     if devices > 1 and backend == "jax" and HOST_DEVICES_FLAG not in env.get("XLA_FLAGS", ""):

@@ -14,6 +14,7 @@ import pytest
 from conftest import BACKENDS, FAMILIES
 from helpers import assert_close, binary, make, perturbed_params
 
+import backends
 from backends.numpy import optim, vae
 from common.optim import SLOTS, learning_rates
 from common.params import init_params, masks
@@ -114,6 +115,19 @@ def test_log_weights_match_reference_float64(name, family, variant, rng):
 def test_training_matches_reference_float64(name, family, variant, rng):
     spec = Spec(variational=family, dtype="float64", **(SMALL | MODEL_VARIANTS[variant]))
     backend, reference, mean = twenty_steps(name, spec, rng)
+    assert_trained_like_reference(backend, spec, reference, mean)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_torch_eager_row_trains_like_the_reference_and_compiles_nothing(family, rng):
+    """torch[eager], PyTorch as a user gets it by default (a row of the benchmark beside the tuned torch): the
+    same 20 steps as the reference, with the optimizer step left uncompiled."""
+    if not backends.installed("torch"):
+        pytest.skip("torch is not installed")
+    spec = Spec(variational=family, dtype="float64", **SMALL)
+    backend, reference, mean = twenty_steps("torch[eager]", spec, rng)
+    assert backend.name == "torch[eager]"
+    assert backend.optimizer.compiled_step is backend.optimizer.eager_step
     assert_trained_like_reference(backend, spec, reference, mean)
 
 

@@ -1,6 +1,7 @@
 """The torch backend behind the contract (backends/contract.py): the VAE of vae.py, the optimizers of optim.py.
 
-One device: forward and backward run eagerly, the optimizer step compiled (optim.py). A train() call moves
+One device: forward and backward run eagerly, the optimizer step compiled (optim.py); the torch[eager] row
+compiles nothing (PyTorch as a user gets it by default). A train() call moves
 its batch indices (and, in parity mode, its noise) to the device once, loops over its steps, each at the
 rate common.optim.learning_rates gives it, and syncs with the host once, for its result. Fast mode draws
 each step's noise (train_k, B, L) on the device from a torch.Generator seeded with
@@ -69,6 +70,15 @@ class Backend:
     devices = 1
     eval_chunk_samples = EVAL_SAMPLES_PER_CHUNK
 
+    def __init__(self, variant: str | None = None):
+        """variant "eager" (the row torch[eager]): PyTorch as a user gets it by default, nothing compiled, the
+        default BLAS; the same math as the torch row, which compiles the optimizer step."""
+        if variant not in (None, "eager"):
+            raise ValueError(f"unknown torch variant {variant!r}")
+        self.compile_step = variant is None
+        if variant:
+            self.name = f"torch[{variant}]"
+
     def load(self, spec: Spec, params: dict[str, np.ndarray], train_x: np.ndarray) -> None:
         check_params(spec, params)
         self.spec, self.devices = spec, spec.devices
@@ -83,7 +93,7 @@ class Backend:
             for name, p in self.parameters.items():
                 p.copy_(self.to_module(name, self.tensor(params[name])))
         self.forward = self.processes.data_parallel(self.model, self.device)
-        self.optimizer = optim.Optimizer(spec, self.parameters)
+        self.optimizer = optim.Optimizer(spec, self.parameters, self.compile_step)
         self.train_x = self.tensor(train_x)
         self.generator = torch.Generator(self.device).manual_seed(streams.seed_of(spec.seed, "train"))
 

@@ -4,7 +4,8 @@ its accumulator starting at 0), so the suite's optimizer is PyTorch's own.
 
 The step is compiled (torch.compile fuses its dozen elementwise passes over every parameter into one
 loop, a third of an eager step on a CPU); VAE_COMPARE_TORCH_COMPILE=0 runs it eagerly, and a compiled
-step that fails (e.g. no C++ compiler for Inductor) falls back to the eager one, the same math.
+step that fails (e.g. no C++ compiler for Inductor) falls back to the eager one, the same math. The
+torch[eager] row (engine.py) never compiles it: PyTorch as a user gets it by default.
 The learning rate is a 0-dim tensor that the step reads: a Python float would be a constant of the
 compiled graph and recompile it whenever a schedule changes the rate ("Wrap the lr in a Tensor",
 PyTorch recipe "Running the compiled optimizer with an LR Scheduler"). The state is torch's own:
@@ -35,8 +36,8 @@ def torch_optimizer(spec: Spec, parameters: list[nn.Parameter], lr: torch.Tensor
     return torch.optim.Adagrad(parameters, lr=lr, lr_decay=0.0, eps=spec.adagrad_eps, initial_accumulator_value=0.0)
 
 
-def compiled(step: Callable[[], object]) -> Callable[[], object]:
-    if os.environ.get("VAE_COMPARE_TORCH_COMPILE", "1") == "0":
+def compiled(step: Callable[[], object], enabled: bool = True) -> Callable[[], object]:
+    if not enabled or os.environ.get("VAE_COMPARE_TORCH_COMPILE", "1") == "0":
         return step
     # isolate_recompiles: each optimizer object compiles its own step; shared, the ninth optimizer of a
     # process (a test session) would exceed Dynamo's recompile limit and silently run eagerly
@@ -46,12 +47,12 @@ def compiled(step: Callable[[], object]) -> Callable[[], object]:
 class Optimizer:
     """spec.optimizer over named parameters; step(lr) is one update at that learning rate."""
 
-    def __init__(self, spec: Spec, parameters: dict[str, nn.Parameter]):
+    def __init__(self, spec: Spec, parameters: dict[str, nn.Parameter], compile_step: bool = True):
         self.parameters, self.slots = parameters, SLOTS[spec.optimizer]
         self.lr = torch.tensor(spec.learning_rate, dtype=torch.float64)
         self.torch_optimizer = torch_optimizer(spec, list(parameters.values()), self.lr)
         self.eager_step = self.torch_optimizer.step
-        self.compiled_step = compiled(self.eager_step)
+        self.compiled_step = compiled(self.eager_step, compile_step)
         for p in parameters.values():
             # the step count in the parameters' dtype: compiled, Adam's bias correction beta ** step is a tensor
             # op (torch.optim's _get_value returns the tensor under torch.compile), float64 in a float64 run
