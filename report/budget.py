@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-RUN_BYTES = 4_000_000
+RUN_BYTES = 5_000_000  # a twelve-row run (six backends x two families): 12 x 0.25 MB of per-example arrays + figures
 PARAMS_BYTES = 2_000_000
 HEADLINE_RUN = "paper-cpu-seeds"
 PARAMS = "params.safetensors"
