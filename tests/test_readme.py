@@ -71,7 +71,8 @@ def test_the_reference_projects_number_is_placed_against_each_backends_interval_
             dict(family="mean-field", backend="tensorflow", log_px_low=-104.0, log_px_high=-101.0)]
     claims = " ".join(readme.reference_claims(rows))
     published = readme.REFERENCE_PROJECT["mean-field"][0]
-    assert f"{published} (one run, its seed spread not published) lies below the interval across seeds of torch" in claims
+    assert (f"{published} (one run, its seed spread not published) lies below the interval across seeds of torch"
+            in claims)
     assert "lies inside the interval across seeds of jax" in claims
     assert "lies above the interval across seeds of tensorflow" in claims
     assert "iaf" not in claims  # no IAF rows: nothing said of the IAF's number
