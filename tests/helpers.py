@@ -68,7 +68,6 @@ def assert_fast_is_parity_and_twenty_steps_match(name: str, spec: Spec, referenc
     import pytest
 
     from common.models import family
-    from common.optim import SLOTS
 
     indices = rng.integers(0, len(train_x), size=(20, spec.batch_size))
     fast = make(name, spec, params, train_x)
@@ -81,8 +80,15 @@ def assert_fast_is_parity_and_twenty_steps_match(name: str, spec: Spec, referenc
     for k, v in fast.params().items():
         assert_close(v, parity.params()[k], 1e-12, f"{k}, fast vs parity")
     parity.train(indices[10:], steps_noise[10:])
-    ref_params, ref_state = reference_train(reference, spec, params, train_x, indices, steps_noise)
-    trained, state = parity.params(), parity.optimizer_state()
+    assert_twenty_steps_like_reference(parity, spec, *reference_train(reference, spec, params, train_x, indices,
+                                                                     steps_noise))
+
+
+def assert_twenty_steps_like_reference(backend, spec: Spec, ref_params: dict, ref_state: dict) -> None:
+    """After 20 steps: the backend's parameters and every optimizer slot equal the reference's to 1e-8."""
+    from common.optim import SLOTS
+
+    trained, state = backend.params(), backend.optimizer_state()
     assert int(state["step"]) == 20
     for k in ref_params:
         assert_close(trained[k], ref_params[k], 1e-8, f"{k} after 20 steps")

@@ -12,11 +12,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import BACKENDS, FAMILIES
-from helpers import assert_close, binary, make, perturbed_params
+from helpers import assert_close, assert_twenty_steps_like_reference, binary, make, perturbed_params
 
 import backends
 from backends.numpy import optim, vae
-from common.optim import SLOTS, learning_rates
+from common.optim import learning_rates
 from common.params import init_params, masks
 from common.spec import Spec
 
@@ -61,12 +61,7 @@ def twenty_steps(name: str, spec: Spec, rng):
 def assert_trained_like_reference(backend, spec, reference, mean):
     ref_params, ref_state, ref_means = reference
     assert mean == pytest.approx(ref_means.mean(), rel=1e-10)
-    trained, state = backend.params(), backend.optimizer_state()
-    assert int(state["step"]) == 20
-    for k in ref_params:
-        assert_close(trained[k], ref_params[k], 1e-8, f"{k} after 20 steps")
-        for slot in SLOTS[spec.optimizer]:
-            assert_close(state[slot][k], ref_state[slot][k], 1e-8, f"{slot} of {k}")
+    assert_twenty_steps_like_reference(backend, spec, ref_params, ref_state)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
