@@ -97,30 +97,41 @@ def reference_claims(across_seeds: list[dict]) -> list[str]:
 
 
 def bench(path: str) -> str:
-    """The interleaved timing table: medians over rounds with intervals, within-round ratios."""
+    """The interleaved timing table: medians over rounds with intervals, within-round ratios (and, where the bench
+    timed the reference project's script, every row's ratio to it)."""
     b = load(path, "bench.json")
     s = b["summary"]
+    script = b.get("reference_script")
     lines = [f"| configuration | backend | train ex/s [95%] | ÷ {s['reference']} [95%] | % of peak | warm-up s | "
-             f"eval samples/s [95%] | ÷ {s['reference']} [95%] |", "|---|---|---|---|---|---|---|---|"]
+             f"eval samples/s [95%] | ÷ {s['reference']} [95%] |" + (" ÷ reference script [95%] |" if script else ""),
+             "|---|---|---|---|---|---|---|---|" + ("---|" if script else "")]
     claims = []
     for entry in s["configs"]:
         for row in entry["backends"]:
             if not row.get("rounds_used"):
                 continue
             t, e = row["train_examples_per_s"], row["eval_samples_per_s"]
-            ratio = row.get("train_ratio")
+            ratio, to_script = row.get("train_ratio"), row.get("train_ratio_to_script")
+            evals = f"{e[0]:,.0f} [{e[1]:,.0f}, {e[2]:,.0f}] | {ratio_text(row.get('eval_ratio'), s['reference'])}" \
+                if e else "— | —"
             lines.append(f"| {entry['config']} | {row['backend']} | {t[0]:,.0f} [{t[1]:,.0f}, {t[2]:,.0f}] | "
                          f"{ratio_text(ratio, s['reference'])} | {100 * row['train_fraction_of_peak'][0]:.0f}% | "
-                         f"{row['warmup_s']:.1f} | {e[0]:,.0f} [{e[1]:,.0f}, {e[2]:,.0f}] | "
-                         f"{ratio_text(row.get('eval_ratio'), s['reference'])} |")
-            if ratio and ratio["differs"]:
-                word = "faster" if ratio["ratio"] > 1 else "slower"
-                claims.append(f"{entry['config']}: {row['backend']} trains {word} than {ratio['versus']} "
-                              f"(×{ratio['ratio']:.2f}, 95% interval over {ratio['rounds']} rounds "
-                              f"[{ratio['low']:.2f}, {ratio['high']:.2f}])")
+                         f"{row['warmup_s']:.1f} | {evals} |"
+                         + ((f" {ratio_text(to_script)} |" if to_script else " |") if script else ""))
+            for r in (ratio, to_script):
+                if r and r["differs"]:
+                    word = "faster" if r["ratio"] > 1 else "slower"
+                    claims.append(f"{entry['config']}: {row['backend']} trains {word} than {r['versus']} "
+                                  f"(×{r['ratio']:.2f}, 95% interval over {r['rounds']} rounds "
+                                  f"[{r['low']:.2f}, {r['high']:.2f}])")
     peaks = [p["flop_per_s"] for p in s["peaks"]]
     tail = (f"{b['rounds']} interleaved rounds; the best GEMM per round (the peak) ranged over "
             f"{min(peaks) / 1e9:.0f}–{max(peaks) / 1e9:.0f} GFLOP/s.")
+    if script:
+        tail += (f" reference-script: the reference project's `{script['script']}` at its commit "
+                 f"`{(script['commit'] or 'unknown')[:12]}`, unmodified, timed by its own clock over "
+                 f"{b['script_window_steps']}-step windows (each holding one pass of its validation evaluation "
+                 "with 1 sample); no evaluation timed.")
     return "\n".join(lines) + "\n\n" + tail + (" Distinguishable differences: " + "; ".join(claims) + "."
                                                  if claims else " No difference in training speed is distinguishable.")
 

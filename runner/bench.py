@@ -33,6 +33,7 @@ from common.metrics import LoadProbe, bootstrap_interval, excludes_zero, is_clea
 from common.models import family
 from common.params import init_params
 from common.spec import Spec
+from runner import reference_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,6 +55,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-k", type=int, default=1000, help="importance samples per example [%(default)s]")
     p.add_argument("--eval-examples", type=int, default=64, help="examples per evaluation pass [%(default)s]")
     p.add_argument("--reference", help="the backend every ratio is against [the first of --backends]")
+    p.add_argument("--reference-script", type=Path, metavar="PATH",
+                   help="also time the reference project's PyTorch script, unmodified, from your checkout of it "
+                        "(jaanli/variational-autoencoder, train_variational_autoencoder_pytorch.py; needs h5py): "
+                        "one more row in every round, in the configurations of its architecture (mean-field, "
+                        "H = 2L), and every row's ratio to it")
+    p.add_argument("--script-window-steps", type=int, default=500,
+                   help="the script's steps per timed window (its --log_interval; each of its windows also holds "
+                        "one pass of its own validation evaluation, with 1 sample) [%(default)s]")
     p.add_argument("--out", type=Path, required=True, help="a new folder for bench.json and bench.md")
     return p
 
@@ -106,9 +115,17 @@ def time_configuration(name: str, spec: Spec, train_x: np.ndarray, test_x: np.nd
 
 def worker_main(config_path: str) -> int:
     job = json.loads(Path(config_path).read_text())
+    out = {"backend": job["backend"], "configs": []}
+    if job["backend"] == reference_script.ROW:
+        script_job = dict(job, window_steps=job["script_window_steps"])
+        for spec in (Spec.from_dict(d) for d in job["specs"]):
+            if reference_script.matches(spec):
+                out["configs"].append(reference_script.time_configuration(
+                    spec, script_job, Path(job["output"]).parent, config_name(spec)))
+        Path(job["output"]).write_text(json.dumps(out, indent=2) + "\n")
+        return 0
     dataset = data.load()
     test_x = dataset.test[data.subset_rows("test", job["eval_examples"])]
-    out = {"backend": job["backend"], "configs": []}
     for spec_dict in job["specs"]:
         out["configs"].append(time_configuration(job["backend"], Spec.from_dict(spec_dict), dataset.train, test_x, job))
     Path(job["output"]).write_text(json.dumps(out, indent=2) + "\n")
@@ -126,7 +143,7 @@ def rotated(names: list[str], round_index: int) -> list[str]:
 def worker_environment(env: dict, name: str) -> dict:
     """A row's process: the bench's environment plus what its variant needs before its framework is imported
     (keras[jax]: KERAS_BACKEND=jax)."""
-    return env | backends.environment(name)
+    return env if name == reference_script.ROW else env | backends.environment(name)
 
 
 def last_line(log: Path) -> str:
@@ -144,7 +161,8 @@ def run_round(round_index: int, names: list[str], specs: list[Spec], args: argpa
     for name in result["order"]:
         job = dict(backend=name, specs=[s.to_dict() for s in specs], windows=args.windows,
                    window_steps=args.window_steps, eval_k=args.eval_k, eval_examples=args.eval_examples,
-                   output=str(folder / f"{name}.json"))
+                   output=str(folder / f"{name}.json"), script_window_steps=args.script_window_steps,
+                   reference_script=str(args.reference_script.resolve()) if args.reference_script else None)
         (folder / f"{name}.job.json").write_text(json.dumps(job, indent=2))
         print(f"round {round_index + 1}/{args.rounds}: {name}", file=sys.stderr, flush=True)
         with (folder / f"{name}.log.txt").open("wb") as log:
@@ -159,16 +177,18 @@ def run_round(round_index: int, names: list[str], specs: list[Spec], args: argpa
 
 
 def round_values(result: dict, name: str, config: str) -> dict | None:
-    """One backend's figures in one round: medians of its clean windows; None if it failed or none was clean."""
+    """One backend's figures in one round: medians of its clean windows; None if it failed or none was clean. A row
+    that times no evaluation (the reference script) has eval None."""
     entry = result["backends"].get(name, {})
     cfg = next((c for c in entry.get("configs", []) if c["config"] == config), None)
     if cfg is None:
         return None
     clean = [w["examples_per_s"] for w in cfg["windows"] if is_clean(w) and w["finite"]]
     clean_eval = [e["samples_per_s"] for e in cfg["evals"] if is_clean(e)]
-    if not clean or not clean_eval:
+    if not clean or (cfg["evals"] and not clean_eval):
         return None
-    return dict(train=float(np.median(clean)), eval=float(np.median(clean_eval)), warmup=cfg["warmup_seconds"],
+    return dict(train=float(np.median(clean)), eval=float(np.median(clean_eval)) if clean_eval else None,
+                warmup=cfg["warmup_seconds"],
                 train_flops=cfg["train_flops_per_example"], eval_flops=cfg["eval_flops_per_sample"],
                 flagged=sum(not is_clean(w) for w in cfg["windows"]))
 
@@ -186,7 +206,7 @@ def round_peak(result: dict) -> tuple[float, str]:
 def versus(name: str, names: list[str], reference: str) -> str:
     """What a row's ratios are against: a variant that names another row's framework against that row (keras[jax]
     against jax: the same engine, written once in Keras or natively); every other row against the reference."""
-    variant = backends.variant_of(name)
+    variant = None if name == reference_script.ROW else backends.variant_of(name)
     return variant if variant in names else reference
 
 
@@ -200,12 +220,13 @@ def summarize(rounds: list[dict], names: list[str], specs: list[Spec], reference
             per_round = [round_values(r, name, config) for r in rounds]
             ok = [(v, p) for v, p in zip(per_round, peaks, strict=True) if v]
             if not ok:
-                entry["backends"].append(dict(backend=name, rounds_used=0))
+                entry["backends"].append(dict(backend=name, rounds_used=0, rounds_excluded=len(rounds)))
                 continue
             train = bootstrap_interval([v["train"] for v, _ in ok])
-            evals = bootstrap_interval([v["eval"] for v, _ in ok])
+            timed_eval = all(v["eval"] is not None for v, _ in ok)
+            evals = bootstrap_interval([v["eval"] for v, _ in ok]) if timed_eval else None
             peak_share = bootstrap_interval([v["train"] * v["train_flops"] / p[0] for v, p in ok])
-            eval_share = bootstrap_interval([v["eval"] * v["eval_flops"] / p[0] for v, p in ok])
+            eval_share = bootstrap_interval([v["eval"] * v["eval_flops"] / p[0] for v, p in ok]) if timed_eval else None
             row = dict(backend=name, rounds_used=len(ok), rounds_excluded=len(rounds) - len(ok),
                        train_examples_per_s=train, train_fraction_of_peak=peak_share, eval_samples_per_s=evals,
                        eval_fraction_of_peak=eval_share, warmup_s=float(np.median([v["warmup"] for v, _ in ok])),
@@ -214,16 +235,26 @@ def summarize(rounds: list[dict], names: list[str], specs: list[Spec], reference
             if name != other:
                 pairs = [(v, ref) for v, ref in zip(per_round, [round_values(r, other, config) for r in rounds],
                                                      strict=True) if v and ref]
-                for what in ("train", "eval"):
-                    ratios = [v[what] / ref[what] for v, ref in pairs]
-                    ratio, low, high = bootstrap_interval(ratios)
-                    row[f"{what}_ratio"] = dict(versus=other, ratio=ratio, low=low, high=high, rounds=len(ratios),
-                                                differs=excludes_zero(low - 1, high - 1))
+                for what in ("train", "eval") if timed_eval else ("train",):
+                    row[f"{what}_ratio"] = paired_ratio(pairs, what, other)
                 row["warmup_ratio"] = bootstrap_interval([v["warmup"] / ref["warmup"] for v, ref in pairs])
+            if name != reference_script.ROW and reference_script.ROW in names:
+                script = [round_values(r, reference_script.ROW, config) for r in rounds]
+                pairs = [(v, ref) for v, ref in zip(per_round, script, strict=True) if v and ref]
+                if pairs:
+                    row["train_ratio_to_script"] = paired_ratio(pairs, "train", reference_script.ROW)
             entry["backends"].append(row)
         summary["configs"].append(entry)
     summary["peaks"] = [dict(flop_per_s=p, by=by) for p, by in peaks]
     return summary
+
+
+def paired_ratio(pairs: list[tuple[dict, dict]], what: str, versus_name: str) -> dict:
+    """A row's figure over another's, measured within each round; median and 95% bootstrap interval over rounds."""
+    ratios = [v[what] / ref[what] for v, ref in pairs]
+    ratio, low, high = bootstrap_interval(ratios)
+    return dict(versus=versus_name, ratio=ratio, low=low, high=high, rounds=len(ratios),
+                differs=excludes_zero(low - 1, high - 1))
 
 
 def interval(v: tuple[float, float, float], scale: float = 1.0, digits: int = 0, unit: str = "") -> str:
@@ -266,17 +297,39 @@ def markdown(bench: dict) -> str:
             if not row.get("rounds_used"):
                 lines.append(f"| {entry['config']} | {row['backend']} | failed or no clean round | | | | | | | 0 | |")
                 continue
+            timed_eval = row["eval_samples_per_s"] is not None
             lines.append(
                 f"| {entry['config']} | {row['backend']} | {interval(row['train_examples_per_s'])} | "
                 f"{ratio_text(row.get('train_ratio'))} | {interval(row['train_fraction_of_peak'], 100, 0, '%')} | "
-                f"{row['warmup_s']:.1f} | {interval(row['eval_samples_per_s'])} | "
-                f"{ratio_text(row.get('eval_ratio'))} | "
-                f"{interval(row['eval_fraction_of_peak'], 100, 0, '%')} | {row['rounds_used']} | "
-                f"{row['windows_flagged']} |")
+                f"{row['warmup_s']:.1f} | {interval(row['eval_samples_per_s']) if timed_eval else '—'} | "
+                f"{ratio_text(row.get('eval_ratio')) if timed_eval else '—'} | "
+                f"{interval(row['eval_fraction_of_peak'], 100, 0, '%') if timed_eval else '—'} | "
+                f"{row['rounds_used']} | {row['windows_flagged']} |")
+    lines += script_section(bench)
     env = bench["environment"]
     lines += ["", f"Machine: {env['cpu']}, {env['cpu_count']} cores, accelerators: {', '.join(env['gpus'])}; "
               f"threads: {env.get('threads') or 'library defaults'}."]
     return "\n".join(lines) + "\n"
+
+
+def script_section(bench: dict) -> list[str]:
+    """The rows against the reference project's script, where the bench timed it."""
+    if not bench.get("reference_script"):
+        return []
+    lines = ["", f"Against the reference project's script (`{reference_script.ROW}`: "
+             f"`{bench['reference_script']['command']}`, unmodified, from its commit "
+             f"`{(bench['reference_script']['commit'] or 'unknown')[:12]}`), in the same rounds: every row's training "
+             f"examples/s over the script's, median and 95% interval over rounds. The script times "
+             f"{bench['script_window_steps']}-step windows with its own clock; each also holds one pass of its "
+             "validation evaluation with 1 sample.", "",
+             "| configuration | backend | train ex/s ÷ reference script [95%] |", "|---|---|---|"]
+    for entry in bench["summary"]["configs"]:
+        for row in entry["backends"]:
+            if row.get("train_ratio_to_script"):
+                r = row["train_ratio_to_script"]
+                lines.append(f"| {entry['config']} | {row['backend']} | x{r['ratio']:.2f} [{r['low']:.2f}, "
+                             f"{r['high']:.2f}]{'' if r['differs'] else ' (not distinguishable)'} |")
+    return lines
 
 
 def main(argv: list[str], usage_error: type[Exception]) -> int:
@@ -293,6 +346,15 @@ def main(argv: list[str], usage_error: type[Exception]) -> int:
         raise usage_error("bench times the framework backends; the numpy reference is float64 only")
     if args.rounds < 2 or args.windows < 2:
         raise usage_error("bench needs at least 2 rounds and 2 windows for an interval")
+    if args.reference_script:
+        problem = reference_script.check_script(args.reference_script)
+        if problem:
+            raise usage_error(problem)
+        if not any(reference_script.matches(s) for s in specs):
+            raise usage_error("--reference-script: no configuration has the script's architecture (mean-field, two "
+                              f"hidden layers of 2L = {2 * args.latent_size}); add it to --hidden-sizes")
+        if args.script_window_steps < 1:
+            raise usage_error("--script-window-steps must be at least 1")
     if args.out.exists() and any(args.out.iterdir()):
         raise usage_error(f"{args.out} already exists; give a new folder to --out")
     reference = backends.canonical_name(args.reference) if args.reference else names[0]
@@ -303,6 +365,12 @@ def main(argv: list[str], usage_error: type[Exception]) -> int:
         raise usage_error(f"not installed: {', '.join(missing)} (pip install {backends.framework(missing[0]).install})")
     started = datetime.datetime.now().astimezone()
     state = provenance.commit_state()
+    script = None
+    if args.reference_script:
+        names.append(reference_script.ROW)
+        script = reference_script.provenance(args.reference_script,
+                                             next(s for s in specs if reference_script.matches(s)),
+                                             args.windows, args.script_window_steps)
     args.out.mkdir(parents=True)
     env = child_environment("numpy", specs[0], args.out)
     rounds = []
@@ -313,7 +381,8 @@ def main(argv: list[str], usage_error: type[Exception]) -> int:
                  created=started.isoformat(timespec="seconds"), provenance=state,
                  environment=provenance.environment(), rounds=args.rounds, windows=args.windows,
                  window_steps=args.window_steps, batch_size=args.batch_size, eval_k=args.eval_k,
-                 eval_examples=args.eval_examples, specs=[s.to_dict() for s in specs],
+                 eval_examples=args.eval_examples, specs=[s.to_dict() for s in specs], reference_script=script,
+                 script_window_steps=args.script_window_steps if script else None,
                  summary=summarize(rounds, names, specs, reference), raw="rounds.json")
     (args.out / "bench.json").write_text(json.dumps(bench, indent=2) + "\n")
     (args.out / "bench.md").write_text(markdown(bench))
