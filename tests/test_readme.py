@@ -123,3 +123,30 @@ def test_the_torch_rows_claims_are_the_benchmarks():
         assert compiled["low"] <= tuned["high"], config
         assert (compiled["high"] < tuned["low"]) == (config == "iaf H512"), config
     assert "at iaf H512 it lies below" in README
+
+
+def test_the_reference_script_paragraphs_figures_are_the_benchmark_and_the_profile():
+    """README's account of torch against the reference project's script: the ratios and their intervals, twice the
+    script's rate as examples/s and ms per step, and the profile's GEMM and other times, all from the committed
+    bench.json and profile; torch's interval lies below 2."""
+    folder = "results/bench-reference-script-cpu"
+    rows = {r["backend"]: r for r in readme.load(folder, "bench.json")["summary"]["configs"][0]["backends"]}
+    script = rows["reference-script"]["train_examples_per_s"][0]
+    torch_, jax = rows["torch"]["train_ratio_to_script"], rows["jax"]["train_ratio_to_script"]
+    assert torch_["high"] < 2  # "does not reach twice"
+    double = 2 * script
+    step_ms = 128 / double * 1e3
+    profile = (ROOT / folder / "profile-torch-mean-field-256.txt").read_text()
+    gemm_ms, in_situ, best, rest_ms = map(float, re.search(
+        r"GEMMs ([0-9.]+) ms \(\d+%\) at (\d+) GFLOP/s, against (\d+) GFLOP/s .*everything else ([0-9.]+) ms",
+        profile).groups())
+    best_ms = gemm_ms * in_situ / best
+    text = " ".join(README.split())
+    for figure in (f"the script trained at {script:,.0f} examples/s",
+                   f"torch at ×{torch_['ratio']:.2f} [{torch_['low']:.2f}, {torch_['high']:.2f}] of it",
+                   f"at ×{jax['ratio']:.2f} [{jax['low']:.2f}, {jax['high']:.2f}]",
+                   f"Twice the script is {double:,.0f} examples/s, {step_ms:.2f} ms per step",
+                   f"Its GEMMs alone take {gemm_ms:.2f} ms per step", f"and {best_ms:.2f} ms even at the best rate",
+                   f"That would leave {step_ms - best_ms:.2f} ms for everything else a step does, which takes "
+                   f"{rest_ms:.2f} ms now"):
+        assert figure in text, figure
