@@ -2,6 +2,7 @@
 
   python benchmarks/limits.py gemm [H]                     # each framework's best GEMM; the model's GEMMs alone
   python benchmarks/limits.py profile torch [FAMILY] [H]   # torch.profiler over 100 steps
+  python benchmarks/limits.py optimizer [PRESET]           # torch's optimizer implementations, one step each
 
 Not part of the test run; `python compare.py bench` is the timing protocol whose figures the README quotes.
 """
@@ -103,9 +104,55 @@ def profile(name: str, family_name: str, width: int, steps: int = 100) -> None:
           f"{spec.batch_size}x{width}x{width} GEMM; everything else {(total - gemm) / steps * 1e3:.2f} ms per step")
 
 
+def optimizer_step(preset: str = "burda", steps: int = 300, rounds: int = 5) -> None:
+    """ms per step of torch's implementations of the preset's optimizer over the preset's parameters alone (the
+    gradients fixed): PyTorch's default (what torch[eager] runs), that default compiled by torch.compile (what the
+    torch row ran before it took the fused one) and the fused one (the torch row, for Adam and Adagrad); the
+    three interleaved, `rounds` rounds of `steps` steps, the median round."""
+    import torch
+
+    from backends.torch import optim
+    from common.metrics import usable_cores
+    from common.spec import PRESETS
+    from runner.provenance import commit_state, cpu_model
+
+    state = commit_state()
+    tree = "clean" if state["clean"] else "changed: " + ", ".join(state["changed_files"])
+    print(f"# python benchmarks/limits.py optimizer {preset}")
+    print(f"# commit {state['commit']} ({tree}), {cpu_model()}, {usable_cores()} cores, torch {torch.__version__}")
+    spec = Spec(**{k: v for k, v in PRESETS[preset].items() if k in Spec.__dataclass_fields__})
+    torch.set_num_threads(usable_cores())
+    rng = np.random.default_rng(0)
+    runs = {}
+    for name, tuned, compile_it in (("default", False, False), ("default, compiled", False, True),
+                                    ("fused", True, False)):
+        params = [torch.nn.Parameter(torch.from_numpy(a.astype(np.float32))) for a in init_params(spec).values()]
+        for p in params:
+            p.grad = torch.from_numpy(rng.standard_normal(p.shape).astype(np.float32) * 1e-2)
+        opt = optim.torch_optimizer(spec, params, torch.tensor(spec.learning_rate, dtype=torch.float64), tuned)
+        runs[name] = optim.compiled(opt.step) if compile_it else opt.step
+    times = {name: [] for name in runs}
+    for step in runs.values():  # warm up, compile
+        for _ in range(20):
+            step()
+    for _ in range(rounds):
+        for name, step in runs.items():
+            start = time.perf_counter()
+            for _ in range(steps):
+                step()
+            times[name].append((time.perf_counter() - start) / steps)
+    n = sum(int(np.prod(p.shape)) for p in init_params(spec).values())
+    print(f"{spec.optimizer}, {n:,} float32 parameters ({preset}), median of {rounds} interleaved rounds of {steps} "
+          "steps:")
+    for name, t in times.items():
+        print(f"optimizer step, {name}: {np.median(t) * 1e3:.3f} ms")
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["gemm"]:
         gemm(int(sys.argv[2]) if len(sys.argv) > 2 else 512)
+    elif sys.argv[1:2] == ["optimizer"]:
+        optimizer_step(sys.argv[2] if len(sys.argv) > 2 else "burda")
     elif sys.argv[1:2] == ["profile"]:
         profile(sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else "mean-field",
                 int(sys.argv[4]) if len(sys.argv) > 4 else 512)

@@ -49,6 +49,9 @@ def parser() -> argparse.ArgumentParser:
                    help="one configuration per width H: two hidden layers of H in encoder and decoder [%(default)s]")
     p.add_argument("--latent-size", type=int, default=128, help="[%(default)s]")
     p.add_argument("--batch-size", type=int, default=128, help="[%(default)s]")
+    p.add_argument("--activation", default="relu", help="the hidden layers' activation: relu, tanh, softplus "
+                   "[%(default)s]")
+    p.add_argument("--optimizer", default="rmsprop", help="rmsprop (centered), adam or adagrad [%(default)s]")
     p.add_argument("--rounds", type=int, default=5, help="rounds R [%(default)s]")
     p.add_argument("--windows", type=int, default=8, help="timed training windows per configuration [%(default)s]")
     p.add_argument("--window-steps", type=int, default=100, help="steps per window (one host sync) [%(default)s]")
@@ -71,7 +74,8 @@ def configurations(args: argparse.Namespace) -> list[Spec]:
     widths = [int(w) for w in args.hidden_sizes.split(",")]
     families = [f.strip() for f in args.variational.split(",") if f.strip()]
     return [Spec(variational=f, encoder=(h, h), decoder=(h, h), latent_size=args.latent_size,
-                 batch_size=args.batch_size) for f in families for h in widths]
+                 batch_size=args.batch_size, activation=args.activation, optimizer=args.optimizer)
+            for f in families for h in widths]
 
 
 def config_name(spec: Spec) -> str:
@@ -280,7 +284,8 @@ def markdown(bench: dict) -> str:
     lines = [f"# {bench['run']}", "", f"Made from commit `{prov['commit']}`, {state}, on {bench['created'][:10]}.", "",
              "```", bench["command"], "```", "",
              f"{bench['rounds']} rounds; in each, every backend in a fresh process, the order rotated between rounds; "
-             f"{bench['windows']} training windows of {bench['window_steps']} steps (batch {bench['batch_size']}) "
+             f"{bench['windows']} training windows of {bench['window_steps']} steps (batch {bench['batch_size']}, "
+             f"{bench['specs'][0]['activation']}, {bench['specs'][0]['optimizer']}) "
              f"and 3 evaluation passes ({bench['eval_examples']} test examples x K = {bench['eval_k']}) per "
              "configuration. Each figure: the median over rounds of the round's median over clean windows, with "
              "its 95% bootstrap interval over rounds. Ratio: measured within each round against "

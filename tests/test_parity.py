@@ -132,6 +132,21 @@ def test_torch_variant_rows_train_like_the_reference(variant, family, rng):
     assert_trained_like_reference(backend, spec, reference, mean)
 
 
+@pytest.mark.parametrize("optimizer", ["adam", "adagrad"])
+@pytest.mark.parametrize("name", ["torch", "torch[eager]"])
+def test_torchs_adam_and_adagrad_are_fused_as_tuned_and_default_as_eager(name, optimizer, rng):
+    """The torch row steps Adam and Adagrad with torch's fused kernels (nothing compiled); torch[eager] with
+    PyTorch's default implementation; both take the same 20 steps as the reference."""
+    if not backends.installed("torch"):
+        pytest.skip("torch is not installed")
+    spec = Spec(dtype="float64", **(SMALL | OPTIMIZERS[optimizer]))
+    backend, reference, mean = twenty_steps(name, spec, rng)
+    optimizer_ = backend.optimizer
+    assert optimizer_.torch_optimizer.defaults["fused"] is (True if name == "torch" else None)
+    assert optimizer_.compiled_step is optimizer_.eager_step
+    assert_trained_like_reference(backend, spec, reference, mean)
+
+
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
 @pytest.mark.parametrize("name", BACKENDS)
 def test_every_optimizer_and_schedule_matches_reference_float64(name, optimizer, rng):

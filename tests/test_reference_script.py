@@ -73,7 +73,7 @@ def test_every_rows_ratio_to_the_script_is_taken_within_rounds():
                                rounds=2, windows=3, window_steps=5, batch_size=8, eval_k=8, eval_examples=4,
                                summary=summary, environment=dict(cpu="cpu", cpu_count=2, gpus=["none"]),
                                reference_script=dict(command="python s.py", commit="0123456789abcdef"),
-                               script_window_steps=500))
+                               script_window_steps=500, specs=[spec.to_dict()]))
     assert f"| mean-field H8 | {row} | 750 " in text and "| — | — | — |" in text
     assert "| mean-field H8 | torch | x2.00 " in text and "| mean-field H8 | jax | x3.00 " in text
 

@@ -1,10 +1,10 @@
 """The torch backend behind the contract (backends/contract.py): the VAE of vae.py, the optimizers of optim.py.
 
-One device: forward and backward run eagerly, the optimizer step compiled (optim.py); the torch[eager] row
-compiles nothing (PyTorch as a user gets it by default); the torch[compiled] row also compiles the training
-forward, and with it the backward (torch.compile of the model: Inductor's fused kernels around the GEMMs,
-AOTAutograd's backward graph), the lever of compiling the whole step, measured beside the others by
-`compare.py bench`. A train() call moves
+One device: forward and backward run eagerly, the optimizer tuned (optim.py: Adam and Adagrad fused, RMSprop's
+step compiled); the torch[eager] row takes PyTorch's defaults and compiles nothing (PyTorch as a user gets
+it); the torch[compiled] row also compiles the training forward, and with it the backward (torch.compile of
+the model: Inductor's fused kernels around the GEMMs, AOTAutograd's backward graph), the lever of compiling
+the whole step, measured beside the others by `compare.py bench`. A train() call moves
 its batch indices (and, in parity mode, its noise) to the device once, loops over its steps, each at the
 rate common.optim.learning_rates gives it, and syncs with the host once, for its result. Fast mode draws
 each step's noise (train_k, B, L) on the device from a torch.Generator seeded with
@@ -75,11 +75,11 @@ class Backend:
 
     def __init__(self, variant: str | None = None):
         """variant "eager" (the row torch[eager]): PyTorch as a user gets it by default, nothing compiled, the
-        default BLAS; "compiled" (torch[compiled]): the training forward and backward compiled as well; the
-        same math as the torch row, which compiles the optimizer step only."""
+        default BLAS, PyTorch's default optimizer implementations; "compiled" (torch[compiled]): the training
+        forward and backward compiled as well; the same math as the torch row, which tunes the optimizer only."""
         if variant not in (None, "eager", "compiled"):
             raise ValueError(f"unknown torch variant {variant!r}")
-        self.compile_step = variant != "eager"
+        self.tuned_optimizer = variant != "eager"
         self.compile_model = variant == "compiled"
         if variant:
             self.name = f"torch[{variant}]"
@@ -100,7 +100,7 @@ class Backend:
         self.forward = self.processes.data_parallel(self.model, self.device)
         if self.compile_model:
             self.forward = optim.compiled(self.forward)  # evaluation (log_weights) keeps the eager model
-        self.optimizer = optim.Optimizer(spec, self.parameters, self.compile_step)
+        self.optimizer = optim.Optimizer(spec, self.parameters, self.tuned_optimizer)
         self.train_x = self.tensor(train_x)
         self.generator = torch.Generator(self.device).manual_seed(streams.seed_of(spec.seed, "train"))
 
