@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -166,7 +167,9 @@ def run_round(round_index: int, names: list[str], specs: list[Spec], args: argpa
         job = dict(backend=name, specs=[s.to_dict() for s in specs], windows=args.windows,
                    window_steps=args.window_steps, eval_k=args.eval_k, eval_examples=args.eval_examples,
                    output=str(folder / f"{name}.json"), script_window_steps=args.script_window_steps,
-                   reference_script=str(args.reference_script.resolve()) if args.reference_script else None)
+                   # relative to the root the worker runs in: the record names no path of this machine
+                   reference_script=os.path.relpath(args.reference_script.resolve(), ROOT)
+                   if args.reference_script else None)
         (folder / f"{name}.job.json").write_text(json.dumps(job, indent=2))
         print(f"round {round_index + 1}/{args.rounds}: {name}", file=sys.stderr, flush=True)
         with (folder / f"{name}.log.txt").open("wb") as log:

@@ -150,3 +150,33 @@ def test_the_reference_script_paragraphs_figures_are_the_benchmark_and_the_profi
                    f"That would leave {step_ms - best_ms:.2f} ms for everything else a step does, which takes "
                    f"{rest_ms:.2f} ms now"):
         assert figure in text, figure
+
+
+def test_the_burda_shape_paragraphs_figures_are_the_benchmark_and_the_optimizer_timing():
+    """README on torch at Burda's batch of 20: the optimizer timings are the committed file's; the torch row's
+    ratio to torch[eager] is the within-round ratio of the bench's rounds, its interval above 1; the per-step
+    saving and the optimizer's share of it follow from the medians; the % of peak are the table's."""
+    from common.metrics import bootstrap_interval
+    from runner import bench
+
+    folder = "results/bench-burda-shape-cpu"
+    timing = dict(re.findall(r"optimizer step, (.+): ([0-9.]+) ms",
+                             (ROOT / folder / "optimizer-burda.txt").read_text()))
+    fused, default, compiled = (float(timing[k]) for k in ("fused", "default", "default, compiled"))
+    rounds = json.loads((ROOT / folder / "rounds.json").read_text())
+    config = "mean-field H200"
+    ratios = [bench.round_values(r, "torch", config)["train"] / bench.round_values(r, "torch[eager]", config)["train"]
+              for r in rounds]
+    ratio, low, high = bootstrap_interval(ratios)
+    assert low > 1
+    rows = {r["backend"]: r for r in readme.load(folder, "bench.json")["summary"]["configs"][0]["backends"]}
+    saved_ms = 20e3 / rows["torch[eager]"]["train_examples_per_s"][0] - 20e3 / rows["torch"]["train_examples_per_s"][0]
+    assert default - fused > saved_ms / 2  # "most of what separates" them
+    text = " ".join(README.split())
+    for figure in (f"one fused Adam step took {fused:.3f} ms, the default {default:.3f} ms",
+                   f"(what the torch row ran before) {compiled:.3f} ms",
+                   f"trains at ×{ratio:.2f} [{low:.2f}, {high:.2f}] of `torch[eager]`'s examples/s",
+                   f"{saved_ms:.2f} ms per step less, of which the optimizer is {default - fused:.2f} ms",
+                   f"JAX reaches {100 * rows['jax']['train_fraction_of_peak'][0]:.0f}% of the round's best GEMM rate, "
+                   f"the torch row {100 * rows['torch']['train_fraction_of_peak'][0]:.0f}%"):
+        assert figure in text, figure

@@ -133,6 +133,8 @@ def test_bench_runs_the_script_in_every_round_and_keeps_none_of_its_files(tmp_pa
         assert configs[0]["windows"][0]["seconds"] == pytest.approx(7 * 8 / 1000.0)
         assert configs[0]["warmup_seconds"] == pytest.approx(7 * 8 / 7.0)
     assert sorted(p.name for p in (out / "round0").iterdir() if p.is_dir()) == []  # its data and state are gone
+    job = json.loads((out / "round0" / f"{row}.job.json").read_text())
+    assert not job["reference_script"].startswith("/")  # the record names no path of this machine
     saved = json.loads((out / "bench.json").read_text())
     assert saved["reference_script"]["commit"] is None and saved["reference_script"]["command"].startswith(
         f"python {reference_script.SCRIPT_NAME} --variational mean-field --latent_size 4 --batch_size 8 "
