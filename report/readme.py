@@ -187,9 +187,50 @@ def profile(path: str, top: int = 8) -> str:
     return "```text\n" + "\n".join(kept) + "\n```"
 
 
+# Burda, Grosse & Salakhutdinov (2016), appendix: the statically binarized MNIST, one stochastic layer (784-200-200-50,
+# tanh), test log p(x) with K = 5000; keyed by the objective and k a run trains with
+BURDA = {("elbo", 1): ("VAE", -88.71), ("iwae", 5): ("IWAE, k = 5", -87.63), ("iwae", 50): ("IWAE, k = 50", -87.10)}
+LITERATURE_BACKENDS = ("torch", "jax", "tensorflow")
+
+
+def duration(seconds: float) -> str:
+    hours, minutes = divmod(round(seconds / 60), 60)
+    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min"
+
+
+def literature(paths: str) -> str:
+    """Burda et al.'s numbers beside every finished run of their configuration in the comma-separated run folders:
+    test log p(x) with its standard error over the test images, the difference, active latent units (Burda's
+    measure: Cov_x(E_q[z_i]) > 0.01, of L), steps, training and wall time, machine and commit; then which model
+    has no finished run yet in which framework."""
+    header = ["Burda et al. (2016)", "paper", "backend", "ours ± s.e. (K)", "ours − paper", "active units",
+              "steps", "training time (wall)", "machine", "run"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    finished: dict[tuple, set[str]] = {key: set() for key in BURDA}
+    for folder in paths.split(","):
+        results = load(folder, "results.json")
+        env, prov = results["environment"], results["provenance"]
+        for r in results["runs"]:
+            key = (r["spec"]["objective"], r["spec"]["train_k"])
+            if r["status"] != "ok" or key not in BURDA or r["spec"]["lr_schedule"] != "burda":
+                continue
+            name, paper = BURDA[key]
+            finished[key].add(r["backend"])
+            t, units, timing = r["test"], r["active_units"], r["timing"]
+            lines.append(
+                f"| {name} | {paper:.2f} | {r['backend']} | {t['log_px']:.2f} ± {t['log_px_se']:.2f} ({t['k']}) | "
+                f"{signed(t['log_px'] - paper)} | {units['count']} of {units['of']} | {r['spec']['steps']:,} | "
+                f"{duration(timing['train_seconds'])} ({duration(timing['wall_seconds'])}) | "
+                f"{env['cpu']}, {env['cpu_count']} cores | `{folder}` ({prov['commit'][:7]}) |")
+    missing = [f"{BURDA[key][0]}: {', '.join(b for b in LITERATURE_BACKENDS if b not in done)}"
+               for key, done in finished.items() if any(b not in done for b in LITERATURE_BACKENDS)]
+    tail = ("Not yet run to the end of the schedule: " + "; ".join(missing) + ".") if missing else ""
+    return "\n".join(lines) + ("\n\n" + tail if tail else "")
+
+
 KINDS: dict[str, Callable[[str], str]] = {"run-table": run_table, "model-table": model_table, "headline": headline,
                                           "bench": bench, "bench-pairs": paired_rows, "peak": peak,
-                                          "profile": profile}
+                                          "profile": profile, "literature": literature}
 
 
 def render(text: str) -> str:

@@ -180,3 +180,26 @@ def test_the_burda_shape_paragraphs_figures_are_the_benchmark_and_the_optimizer_
                    f"JAX reaches {100 * rows['jax']['train_fraction_of_peak'][0]:.0f}% of the round's best GEMM rate, "
                    f"the torch row {100 * rows['torch']['train_fraction_of_peak'][0]:.0f}%"):
         assert figure in text, figure
+
+
+def test_the_literature_block_sets_each_finished_burda_run_beside_the_papers_number(tmp_path):
+    def run(backend, objective, k, log_px, status="ok", schedule="burda"):
+        return dict(status=status, backend=backend, spec=dict(objective=objective, train_k=k, lr_schedule=schedule,
+                                                               steps=8_200_000),
+                    test=dict(log_px=log_px, log_px_se=0.27, k=5000), active_units=dict(count=21, of=50),
+                    timing=dict(train_seconds=2 * 3600 + 5 * 60, wall_seconds=3 * 3600 + 59.6 * 60))
+    runs = [run("jax", "elbo", 1, -89.034), run("torch", "elbo", 1, -80.0, status="failed"),
+            run("jax", "iwae", 5, -87.5), run("jax", "elbo", 1, -99.0, schedule="constant")]
+    for name, rs in (("a", runs[:2]), ("b", runs[2:])):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(dict(
+            runs=rs, environment=dict(cpu="AMD EPYC", cpu_count=2), provenance=dict(commit="2b0912f0123"))))
+    text = readme.literature(f"{tmp_path / 'a'},{tmp_path / 'b'}")
+    rows = [line for line in text.splitlines() if line.startswith("| VAE") or line.startswith("| IWAE")]
+    assert rows == [
+        f"| VAE | -88.71 | jax | -89.03 ± 0.27 (5000) | −0.32 | 21 of 50 | 8,200,000 | 2 h 05 min (4 h 00 min) | "
+        f"AMD EPYC, 2 cores | `{tmp_path / 'a'}` (2b0912f) |",
+        f"| IWAE, k = 5 | -87.63 | jax | -87.50 ± 0.27 (5000) | +0.13 | 21 of 50 | 8,200,000 | "
+        f"2 h 05 min (4 h 00 min) | AMD EPYC, 2 cores | `{tmp_path / 'b'}` (2b0912f) |"]
+    assert text.endswith("Not yet run to the end of the schedule: VAE: torch, tensorflow; IWAE, k = 5: torch, "
+                         "tensorflow; IWAE, k = 50: torch, jax, tensorflow.")
