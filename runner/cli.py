@@ -133,8 +133,9 @@ def run_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="results folder [results/<date>-<preset>]")
     run.add_argument("--overwrite", action="store_true", help="replace an existing results folder")
     run.add_argument("--checkpoint-every", type=int,
-                     help="steps between checkpoints (parameters, optimizer and RNG state, data position) "
-                          "[the validation interval]")
+                     help="steps between checkpoints (parameters, optimizer and RNG state, data position); "
+                          "a run of over 200,000 steps trains in windows of steps/2000 (burda: 4,100), and an "
+                          "interval they do not divide brings it back to 100-step windows [the validation interval]")
     run.add_argument("--index", action="store_true",
                      help="also write the results index (README.md) beside the run folder; it is written "
                           "by default only for folders in the project's results/")

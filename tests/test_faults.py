@@ -225,3 +225,16 @@ def test_kill_9_at_any_moment_then_resume_gives_the_uninterrupted_result(tmp_pat
     for x, y in zip(a, b, strict=True):
         assert x["test"]["log_px"] == pytest.approx(y["test"]["log_px"], rel=1e-10), x["family"]
         checkpoints_equal(tmp_path / "whole" / f"numpy-{x['family']}", out / f"numpy-{y['family']}")
+
+
+def test_a_long_run_trains_in_longer_windows_so_its_records_stay_small():
+    from common.spec import PRESETS
+    from runner.worker import MAX_WINDOWS, window_size
+
+    burda = Spec(**PRESETS["burda"])  # 8.2 million steps
+    assert window_size(burda, burda.eval_every) == burda.steps // MAX_WINDOWS == 4100
+    assert window_size(burda, 205_000) == 4100
+    assert window_size(burda, 100_000) == 100  # a checkpoint interval the long window does not divide
+    for name in ("paper", "burda-short", "smoke"):  # up to 200,000 steps: the 100-step window, as before
+        spec = Spec(**PRESETS[name])
+        assert window_size(spec, spec.eval_every) == 100
