@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from report.runs import run_peak
-from report.tables import markdown_table, number
+from report.tables import machines, markdown_table, number
 
 ROOT = Path(__file__).resolve().parents[1]
 MARKER = re.compile(r"(<!-- generated: (\S+) (\S+) -->\n)(.*?)(<!-- end generated -->)", re.S)
@@ -209,7 +209,7 @@ def literature(paths: str) -> str:
     finished: dict[tuple, set[str]] = {key: set() for key in BURDA}
     for folder in paths.split(","):
         results = load(folder, "results.json")
-        env, prov = results["environment"], results["provenance"]
+        prov = results["provenance"]
         for r in results["runs"]:
             key = (r["spec"]["objective"], r["spec"]["train_k"])
             if r["status"] != "ok" or key not in BURDA or r["spec"]["lr_schedule"] != "burda":
@@ -221,7 +221,7 @@ def literature(paths: str) -> str:
                 f"| {name} | {paper:.2f} | {r['backend']} | {t['log_px']:.2f} ± {t['log_px_se']:.2f} ({t['k']}) | "
                 f"{signed(t['log_px'] - paper)} | {units['count']} of {units['of']} | {r['spec']['steps']:,} | "
                 f"{duration(timing['train_seconds'])} ({duration(timing['wall_seconds'])}) | "
-                f"{env['cpu']}, {env['cpu_count']} cores | `{folder}` ({prov['commit'][:7]}) |")
+                f"{' + '.join(machines(results))} | `{folder}` ({prov['commit'][:7]}) |")
     missing = [f"{BURDA[key][0]}: {', '.join(b for b in LITERATURE_BACKENDS if b not in done)}"
                for key, done in finished.items() if any(b not in done for b in LITERATURE_BACKENDS)]
     tail = ("Not yet run to the end of the schedule: " + "; ".join(missing) + ".") if missing else ""

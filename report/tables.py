@@ -168,10 +168,39 @@ def provenance_lines(results: dict) -> list[str]:
     prov = results.get("provenance", {})
     commit = prov.get("commit", "unknown")
     if prov.get("clean"):
-        return [f"Made from commit `{commit}`, a clean tree, on {results['created'][:10]}."]
-    changed = ", ".join(prov.get("changed_files", [])[:5]) or "unknown files"
-    return [f"**Made from commit `{commit}` with uncommitted changes** ({changed}): these figures are not "
-            f"reproducible from a commit."]
+        lines = [f"Made from commit `{commit}`, a clean tree, on {results['created'][:10]}."]
+    else:
+        changed = ", ".join(prov.get("changed_files", [])[:5]) or "unknown files"
+        lines = [f"**Made from commit `{commit}` with uncommitted changes** ({changed}): these figures are not "
+                 f"reproducible from a commit."]
+    return lines + resume_lines(results)
+
+
+def machines(results: dict) -> list[str]:
+    """The CPUs a run trained on, in order: where it started, where each resume ran, where it ended."""
+    envs = [results.get("environment_at_start"), *results.get("provenance", {}).get("resumes", []),
+            results.get("environment")]
+    return list(dict.fromkeys(f"{e['cpu']}, {e['cpu_count']} cores" for e in envs if e))
+
+
+def resume_lines(results: dict) -> list[str]:
+    """What a resumed run says of its continuations: each one's date, commit and machine; in bold, any commit
+    other than the one it started from, uncommitted changes, or a machine other than the first."""
+    prov = results.get("provenance", {})
+    resumes = prov.get("resumes", [])
+    if not resumes:
+        return []
+    each = "; ".join(f"{r['started'][:16].replace('T', ' ')} from commit `{r['commit']}`"
+                     f"{'' if r['clean'] else ' with uncommitted changes'} on {r['cpu']}, {r['cpu_count']} cores"
+                     for r in resumes)
+    lines = [f"Resumed {len(resumes)} time{'s' if len(resumes) > 1 else ''}: {each}."]
+    if any(r["commit"] != prov.get("commit") or not r["clean"] for r in resumes):
+        lines.append("**Part of this run ran from other code than the commit it started from** (the commits "
+                     "above): `git diff` between them shows what differed.")
+    if len(machines(results)) > 1:
+        lines.append(f"**It trained on more than one machine** ({'; '.join(machines(results))}): its training "
+                     "time and throughput mix them.")
+    return lines
 
 
 def seeds_markdown(results: dict) -> list[str]:

@@ -343,6 +343,13 @@ def check_resume_flags(argv: list[str]) -> None:
                          "with it (only --data-dir can); start a new run with --out to change them")
 
 
+def write_plan(run_dir: Path, plan: dict) -> None:
+    """run.json, replaced whole (a resume adds to it)."""
+    partial = run_dir / "run.json.partial"
+    partial.write_text(json.dumps(plan, indent=2) + "\n")
+    partial.replace(run_dir / "run.json")
+
+
 def load_plan(run_dir: Path) -> dict:
     path = run_dir / "run.json"
     if not path.exists():
@@ -380,7 +387,7 @@ def command_run(argv: list[str]) -> int:
                     specs=[s.to_dict() for s in specs], backends=names, checkpoint_every=args.checkpoint_every,
                     data_dir=provenance.relative(data_dir) if data_dir else None,
                     started=started.isoformat(timespec="seconds"), provenance=provenance.commit_state(),
-                    index=args.index)
+                    environment=provenance.environment(), index=args.index)
     try:
         datasets = {s.model: load_data(s, data_dir) for s in specs}  # fail here, once, before any child starts
         # binarized MNIST, for the figures of the families that train on it (factor analysis makes its own data)
@@ -388,8 +395,11 @@ def command_run(argv: list[str]) -> int:
     except data.DataError as e:
         raise UsageError(str(e)) from e
     run_dir.mkdir(parents=True, exist_ok=True)
-    if not args.resume:
-        (run_dir / "run.json").write_text(json.dumps(plan, indent=2) + "\n")
+    if args.resume:  # each continuation's commit and machine: a run resumed from other code or elsewhere says so
+        plan.setdefault("resumes", []).append(dict(
+            started=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            provenance=provenance.commit_state(), environment=provenance.environment()))
+    write_plan(run_dir, plan)
     plan["data_source"] = dataset.source
     if args.prepare_only:
         return prepare_only(run_dir, specs, names, plan, data_dir)

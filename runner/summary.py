@@ -59,6 +59,13 @@ def across_seeds(runs: list[dict]) -> list[dict]:
     return out
 
 
+def resumes(plan: dict) -> list[dict]:
+    """Each --resume of the run: when, from which commit (clean or not), on which machine."""
+    return [dict(started=r["started"], **r["provenance"], cpu=r["environment"]["cpu"],
+                 cpu_count=r["environment"]["cpu_count"], gpus=r["environment"]["gpus"])
+            for r in plan.get("resumes", [])]
+
+
 def assemble(run_dir: Path, plan: dict, runs: list[dict]) -> dict:
     from common.spec import Spec
 
@@ -68,6 +75,7 @@ def assemble(run_dir: Path, plan: dict, runs: list[dict]) -> dict:
                 seeds=plan["seeds"], spec=specs[0].to_dict(),
                 model_specs=[first_of_each[m].to_dict() for m in dict.fromkeys(s.model for s in specs)],
                 families=list(dict.fromkeys(s.variational if s.model == "vae" else s.model for s in specs)),
-                provenance=plan["provenance"], environment=provenance.environment(),
+                provenance=plan["provenance"] | {"resumes": resumes(plan)}, environment=provenance.environment(),
+                environment_at_start=plan.get("environment"),
                 data=plan.get("data_source"), peak=plan.get("peak", {}), runs=runs, paired=paired(runs, run_dir),
                 across_seeds=across_seeds(runs) if plan["seeds"] > 1 else [])

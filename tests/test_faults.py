@@ -145,8 +145,32 @@ def test_a_crashed_backend_loses_nothing_of_the_others_and_resume_continues_it(t
     second = compare("--resume", str(out))
     assert second.returncode == 0, second.stderr[-3000:]
     assert "jax mean-field: finished before, kept" in second.stderr
-    runs = {r["backend"]: r for r in json.loads((out / "results.json").read_text())["runs"]}
+    results = json.loads((out / "results.json").read_text())
+    runs = {r["backend"]: r for r in results["runs"]}
     assert runs["torch"]["status"] == "ok" and runs["jax"]["timing"] == jax_before["timing"]
+    # the continuation's commit and machine are recorded beside the start's
+    (resumed,) = results["provenance"]["resumes"]
+    assert resumed["commit"] == results["provenance"]["commit"] and resumed["cpu"] == results["environment"]["cpu"]
+    assert results["environment_at_start"]["cpu"] == resumed["cpu"]
+    assert f"Resumed 1 time: {resumed['started'][:10]}" in (out / "results.md").read_text()
+
+
+def test_a_run_resumed_from_other_code_or_elsewhere_says_so_in_bold():
+    from report.tables import provenance_lines
+
+    env = dict(cpu="Intel Xeon", cpu_count=2)
+    resume = dict(started="2026-12-06T01:00:00+00:00", commit="aaaaaaaaaaaa", clean=True, changed_files=[],
+                  cpu="Intel Xeon", cpu_count=2, gpus=["none"])
+    results = dict(created="2026-12-05T02:00:00+00:00", environment=env, environment_at_start=env,
+                   provenance=dict(commit="aaaaaaaaaaaa", clean=True, resumes=[resume]))
+    lines = provenance_lines(results)
+    assert lines[1] == "Resumed 1 time: 2026-12-06 01:00 from commit `aaaaaaaaaaaa` on Intel Xeon, 2 cores."
+    assert len(lines) == 2
+    other = dict(resume, commit="bbbbbbbbbbbb", cpu="AMD EPYC")
+    lines = provenance_lines(results | dict(environment=dict(cpu="AMD EPYC", cpu_count=2),
+                                            provenance=dict(commit="aaaaaaaaaaaa", clean=True, resumes=[other])))
+    assert lines[2].startswith("**Part of this run ran from other code than the commit it started from**")
+    assert lines[3].startswith("**It trained on more than one machine** (Intel Xeon, 2 cores; AMD EPYC, 2 cores)")
 
 
 def test_resume_refuses_flags_that_would_silently_lose_meaning(tmp_path):

@@ -190,16 +190,20 @@ def test_the_literature_block_sets_each_finished_burda_run_beside_the_papers_num
                     timing=dict(train_seconds=2 * 3600 + 5 * 60, wall_seconds=3 * 3600 + 59.6 * 60))
     runs = [run("jax", "elbo", 1, -89.034), run("torch", "elbo", 1, -80.0, status="failed"),
             run("jax", "iwae", 5, -87.5), run("jax", "elbo", 1, -99.0, schedule="constant")]
-    for name, rs in (("a", runs[:2]), ("b", runs[2:])):
+    resumed = dict(started="2026-12-06T01:00:00+00:00", commit="2b0912f0123", clean=True, changed_files=[],
+                   cpu="AMD EPYC", cpu_count=2, gpus=["none"])
+    for name, rs, resumes, start in (("a", runs[:2], [], None), ("b", runs[2:], [resumed], "Intel Xeon")):
         (tmp_path / name).mkdir()
         (tmp_path / name / "results.json").write_text(json.dumps(dict(
-            runs=rs, environment=dict(cpu="AMD EPYC", cpu_count=2), provenance=dict(commit="2b0912f0123"))))
+            runs=rs, environment=dict(cpu="AMD EPYC", cpu_count=2), provenance=dict(commit="2b0912f0123",
+                                                                                  resumes=resumes),
+            environment_at_start=start and dict(cpu=start, cpu_count=2))))
     text = readme.literature(f"{tmp_path / 'a'},{tmp_path / 'b'}")
     rows = [line for line in text.splitlines() if line.startswith("| VAE") or line.startswith("| IWAE")]
     assert rows == [
         f"| VAE | -88.71 | jax | -89.03 ± 0.27 (5000) | −0.32 | 21 of 50 | 8,200,000 | 2 h 05 min (4 h 00 min) | "
         f"AMD EPYC, 2 cores | `{tmp_path / 'a'}` (2b0912f) |",
         f"| IWAE, k = 5 | -87.63 | jax | -87.50 ± 0.27 (5000) | +0.13 | 21 of 50 | 8,200,000 | "
-        f"2 h 05 min (4 h 00 min) | AMD EPYC, 2 cores | `{tmp_path / 'b'}` (2b0912f) |"]
+        f"2 h 05 min (4 h 00 min) | Intel Xeon, 2 cores + AMD EPYC, 2 cores | `{tmp_path / 'b'}` (2b0912f) |"]
     assert text.endswith("Not yet run to the end of the schedule: VAE: torch, tensorflow; IWAE, k = 5: torch, "
                          "tensorflow; IWAE, k = 50: torch, jax, tensorflow.")
