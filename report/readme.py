@@ -18,7 +18,9 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from report.runs import run_peak
+import numpy as np
+
+from report.runs import run_folder, run_peak
 from report.tables import machines, markdown_table, number
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -207,6 +209,7 @@ def literature(paths: str) -> str:
               "steps", "training time (wall)", "machine", "run"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     finished: dict[tuple, set[str]] = {key: set() for key in BURDA}
+    per_example: dict[tuple, dict[str, np.lib.npyio.NpzFile]] = {key: {} for key in BURDA}
     for folder in paths.split(","):
         results = load(folder, "results.json")
         prov = results["provenance"]
@@ -216,6 +219,7 @@ def literature(paths: str) -> str:
                 continue
             name, paper = BURDA[key]
             finished[key].add(r["backend"])
+            per_example[key][r["backend"]] = np.load(run_folder(ROOT / folder, r) / "test_per_example.npz")
             t, units, timing = r["test"], r["active_units"], r["timing"]
             lines.append(
                 f"| {name} | {paper:.2f} | {r['backend']} | {t['log_px']:.2f} ± {t['log_px_se']:.2f} ({t['k']}) | "
@@ -224,8 +228,27 @@ def literature(paths: str) -> str:
                 f"{' + '.join(machines(results))} | `{folder}` ({prov['commit'][:7]}) |")
     missing = [f"{BURDA[key][0]}: {', '.join(b for b in LITERATURE_BACKENDS if b not in done)}"
                for key, done in finished.items() if any(b not in done for b in LITERATURE_BACKENDS)]
-    tail = ("Not yet run to the end of the schedule: " + "; ".join(missing) + ".") if missing else ""
-    return "\n".join(lines) + ("\n\n" + tail if tail else "")
+    tail = [between_backends(BURDA[key][0], arrays) for key, arrays in per_example.items() if len(arrays) > 1]
+    tail += ["Not yet run to the end of the schedule: " + "; ".join(missing) + "."] if missing else []
+    return "\n\n".join(["\n".join(lines), *tail])
+
+
+def between_backends(name: str, arrays: dict) -> str:
+    """Each backend's test log p(x) against the first one's, paired over the same test images: the difference
+    with its 95% interval (evaluation noise only: one seed each)."""
+    from common.metrics import paired_difference
+
+    (first, base), *others = arrays.items()
+    parts = []
+    for backend, other in others:
+        if not np.array_equal(other["rows"], base["rows"]):
+            raise ValueError(f"{name}: {backend} and {first} were tested on different images")
+        diff, se = paired_difference(other["log_px"], base["log_px"])
+        parts.append(f"{backend} − {first} {signed(diff)} [{signed(diff - 1.96 * se)}, {signed(diff + 1.96 * se)}]"
+                     + (" (distinguishable)" if abs(diff) > 1.96 * se else ""))
+    return (f"{name}, between backends, paired over the same {len(base['rows']):,} test images (95% interval; "
+            "evaluation noise only: one seed each, so the spread of training across seeds is not in it): "
+            + "; ".join(parts) + ".")
 
 
 KINDS: dict[str, Callable[[str], str]] = {"run-table": run_table, "model-table": model_table, "headline": headline,

@@ -13,6 +13,7 @@ from report import budget, tables
 RUNS = sorted(p.parent for p in (ROOT / "results").glob("*/results.json"))
 BENCHES = sorted(p.parent for p in (ROOT / "results").glob("*/bench.json"))
 FOLDERS = sorted(set(RUNS) | set(BENCHES))
+IN_PROGRESS = sorted(p.parent for p in (ROOT / "results" / "in-progress").glob("*/run.json"))
 MACHINE_PATH = re.compile(r'"(/(?:root|home|tmp|work|Users|private|var)/[^"]*)"')
 
 
@@ -60,3 +61,22 @@ def test_committed_logs_hold_no_progress_bar_noise(run_dir):
 def test_results_hold_runs_and_a_benchmark():
     """What README.md quotes is committed: at least one run and one interleaved benchmark."""
     assert RUNS and BENCHES
+
+
+@pytest.mark.parametrize("run_dir", IN_PROGRESS, ids=lambda p: p.name)
+def test_a_run_in_progress_holds_what_its_resume_needs_and_no_result(run_dir):
+    """results/in-progress/README.md: a long run committed between sittings, to be continued with --resume."""
+    from runner.worker import load_checkpoint
+
+    plan = json.loads((run_dir / "run.json").read_text())
+    assert plan["provenance"]["clean"] and all(r["provenance"]["clean"] for r in plan.get("resumes", []))
+    assert not (run_dir / "results.json").exists() and not (run_dir / ".cache").exists()
+    unfinished = [c.parent for c in run_dir.glob("*/config.json") if not (c.parent / "metrics.json").exists()]
+    assert unfinished, "a finished run belongs in results/<run>, pruned"
+    for folder in unfinished:
+        restored = load_checkpoint(folder)
+        assert restored is not None, f"{folder.name}: no complete checkpoint"
+        spec = json.loads((folder / "config.json").read_text())["spec"]
+        assert 0 < restored["loop"]["step"] < spec["steps"] and restored["loop"]["step"] % plan["checkpoint_every"] == 0
+    found = [MACHINE_PATH.findall(p.read_text()) for p in run_dir.rglob("*.json")]
+    assert not any(found), found
