@@ -71,7 +71,12 @@ def test_a_run_in_progress_holds_what_its_resume_needs_and_no_result(run_dir):
     plan = json.loads((run_dir / "run.json").read_text())
     assert plan["provenance"]["clean"] and all(r["provenance"]["clean"] for r in plan.get("resumes", []))
     assert not (run_dir / "results.json").exists() and not (run_dir / ".cache").exists()
-    unfinished = [c.parent for c in run_dir.glob("*/config.json") if not (c.parent / "metrics.json").exists()]
+
+    def finished(folder):
+        metrics = folder / "metrics.json"
+        return metrics.exists() and json.loads(metrics.read_text())["status"] == "ok"
+
+    unfinished = [c.parent for c in run_dir.glob("*/config.json") if not finished(c.parent)]
     assert unfinished, "a finished run belongs in results/<run>, pruned"
     for folder in unfinished:
         restored = load_checkpoint(folder)
