@@ -25,15 +25,16 @@ def test_generated_blocks_match_the_results_they_name():
     `python compare.py report --readme` builds from the named results.json or bench.json."""
     found = readme.blocks(README)
     for kind, path, text in found:
-        assert (ROOT / path.partition("#")[0]).is_dir(), path
+        for folder in path.partition("#")[0].split(","):  # a literature block names several runs
+            assert (ROOT / folder).is_dir(), folder
         assert text == readme.KINDS[kind](path).rstrip("\n") + "\n", f"{kind} {path}: run compare.py report --readme"
 
 
 def test_every_generated_block_names_the_command_that_made_its_run():
     for kind, path, _ in readme.blocks(README):
         start = README.index(f"<!-- generated: {kind} {path} -->")
-        folder = path.partition("#")[0]
-        assert f"--out {folder}" in README[:start], f"the command of {folder} is shown above it"
+        for folder in path.partition("#")[0].split(","):
+            assert f"--out {folder}" in README[:start], f"the command of {folder} is shown above it"
 
 
 def test_results_tables_outside_generated_blocks_carry_no_measured_figures():
@@ -235,3 +236,26 @@ def test_the_literature_block_sets_each_finished_burda_run_beside_the_papers_num
     np.savez(tmp_path / "b" / "tensorflow-elbo1" / "test_per_example.npz", log_px=base, elbo=base, rows=rows[::-1])
     with pytest.raises(ValueError, match="tested on different images"):
         readme.literature(f"{tmp_path / 'a'},{tmp_path / 'b'}")
+
+
+def test_the_prose_under_the_literature_block_says_what_the_finished_runs_show():
+    """Under Burda's table: JAX and TensorFlow agree within evaluation noise, both end more than half a nat short
+    of the paper's VAE (beyond their standard errors), and the parameters tested were the last validation check
+    (TensorFlow) or the one before it (JAX)."""
+    from common.metrics import paired_difference
+
+    assert "within evaluation noise of each other" in README and "the best of them\nwas the last (TensorFlow) " \
+        "or the one before it (JAX)" in README
+    runs, arrays = {}, {}
+    for backend in ("jax", "tensorflow"):
+        folder = ROOT / "results" / f"burda-cpu-{backend}"
+        (runs[backend],) = json.loads((folder / "results.json").read_text())["runs"]
+        arrays[backend] = np.load(folder / f"{backend}-mean-field" / "test_per_example.npz")
+    diff, se = paired_difference(arrays["tensorflow"]["log_px"], arrays["jax"]["log_px"])
+    assert abs(diff) < 1.96 * se
+    for r in runs.values():
+        short = readme.BURDA[("elbo", 1)][1] - r["test"]["log_px"]
+        assert short - 1.96 * r["test"]["log_px_se"] > 0 and short > 0.5
+    checks = {b: [v["step"] for v in r["validation"]] for b, r in runs.items()}
+    assert runs["tensorflow"]["best_step"] == checks["tensorflow"][-1]
+    assert runs["jax"]["best_step"] == checks["jax"][-2]
