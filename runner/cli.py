@@ -227,7 +227,7 @@ def folder_name(backend: str, spec: Spec, seeds: int) -> str:
 
 
 def write_config(backend: str, spec: Spec, out_dir: Path, data_dir: str | None, params: Path | None = None,
-                 checkpoint_every: int | None = None, resume: bool = False) -> Path:
+                 checkpoint_every: int | None = None, resume: bool = False, split: str = "test") -> Path:
     """The worker's whole input (runner/worker.py reads it): out_dir/config.json, with no machine paths
     except a --data-dir or parameters file that lies outside the project."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -240,7 +240,7 @@ def write_config(backend: str, spec: Spec, out_dir: Path, data_dir: str | None, 
         return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
     config.write_text(json.dumps(dict(backend=backend, spec=spec.to_dict(), data_dir=portable(data_dir),
-                                      params=portable(params), checkpoint_every=checkpoint_every,
+                                      params=portable(params), split=split, checkpoint_every=checkpoint_every,
                                       resume=resume), indent=2) + "\n")
     return config
 
@@ -268,10 +268,12 @@ class CleanLog:
 
 
 def run_worker(backend: str, spec: Spec, out_dir: Path, run_dir: Path, data_dir: str | None,
-               params: Path | None = None, checkpoint_every: int | None = None, resume: bool = False) -> dict:
+               params: Path | None = None, checkpoint_every: int | None = None, resume: bool = False,
+               split: str = "test") -> dict:
     """One backend and family in a child process (N processes for torch on N devices); its output is shown
-    and kept in log.txt. With params: evaluate those parameters on the test set instead of training."""
-    config = write_config(backend, spec, out_dir, data_dir, params, checkpoint_every, resume)
+    and kept in log.txt. With params: evaluate those parameters on split (test, valid or train) instead of
+    training."""
+    config = write_config(backend, spec, out_dir, data_dir, params, checkpoint_every, resume, split)
     log_path = out_dir / "log.txt"
     with log_path.open("ab" if resume else "wb") as log_file:
         log = CleanLog(log_file)
@@ -526,6 +528,9 @@ def evaluate_parser() -> argparse.ArgumentParser:
     for flag in ("--encoder", "--decoder", "--hidden", "--hidden-size", "--activation", "--latent-size",
                  "--flow-steps", "--flow-hidden", "--eval-k", "--test-examples", "--seed"):
         parser.add_argument(flag, type=SPEC_FLAGS[flag][1], help=SPEC_FLAGS[flag][2])
+    parser.add_argument("--split", choices=data.SPLITS, default="test",
+                        help="the images evaluated: a fixed, representative subset of --test-examples of this split "
+                             "(train: how well the model fits the images it learned from, against test) [test]")
     parser.add_argument("--data-dir", help=f"binarized MNIST folder [${data.DIR_ENV}, else the shipped copy]")
     parser.add_argument("--out", type=Path, required=True, help="where to write the evaluation (a new folder)")
     return parser
@@ -575,11 +580,13 @@ def command_evaluate(argv: list[str]) -> int:
     from runner import summary
 
     sigterm_as_interrupt()
-    runs = [run_worker(name, spec, args.out / name, args.out, args.data_dir, params=args.params) for name in names]
-    results = dict(runs=runs, paired=summary.paired(runs, args.out),
+    runs = [run_worker(name, spec, args.out / name, args.out, args.data_dir, params=args.params, split=args.split)
+            for name in names]
+    results = dict(runs=runs, split=args.split, paired=summary.paired(runs, args.out),
                    command="python compare.py evaluate " + shlex.join(argv), provenance=provenance.commit_state(),
                    subsets=runs[0].get("subsets"))
-    print()
+    print(f"\n{runs[0].get('test', {}).get('examples', '?')} images of the {args.split} split "
+          "(the table's test columns)" if args.split != "test" else "")
     print(tables.text_table(results))
     (args.out / "evaluation.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
     print(f"\nwrote {args.out / 'evaluation.json'}")

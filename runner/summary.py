@@ -14,7 +14,7 @@ from runner import provenance
 
 
 def per_example(run_dir: Path, run: dict):
-    return np.load(run_folder(run_dir, run) / "test_per_example.npz")
+    return np.load(run_folder(run_dir, run) / f"{run.get('split', 'test')}_per_example.npz")
 
 
 def paired(runs: list[dict], run_dir: Path) -> list[dict]:

@@ -297,16 +297,17 @@ def train_and_evaluate(backend_name: str, spec: Spec, dataset: data.Dataset, out
 
 
 def evaluate_saved(backend_name: str, spec: Spec, params_path: Path, test_x: np.ndarray, test_rows: np.ndarray,
-                   out_dir: Path) -> dict:
-    """Test ELBO and log p(x) of saved parameters in this backend (no training)."""
+                   out_dir: Path, split: str = "test") -> dict:
+    """ELBO and log p(x) of saved parameters in this backend (no training), on rows of split (the test set
+    unless given); the figures sit under "test" whatever the split, and "split" names it."""
     backend = backends.create(backend_name)
     backend.load(spec, load_params(params_path), test_x)
-    test = evaluate_split(backend, test_x, spec.eval_k, streams.seed_of(spec.seed, "test"))
+    test = evaluate_split(backend, test_x, spec.eval_k, streams.seed_of(spec.seed, split))
     elbo, log_px = test.pop("per_example")
     if backend.is_main:
-        np.savez(out_dir / "test_per_example.npz", elbo=elbo, log_px=log_px, rows=test_rows)
+        np.savez(out_dir / f"{split}_per_example.npz", elbo=elbo, log_px=log_px, rows=test_rows)
     return dict(status="ok", backend=backend_name, family=family_name(spec), model=spec.model, spec=spec.to_dict(),
-                test=test, params=params_path.name, device=device_info(backend_name),
+                split=split, test=test, params=params_path.name, device=device_info(backend_name),
                 versions=package_versions(backend_name), main=backend.is_main)
 
 
@@ -327,10 +328,11 @@ def main(argv: list[str]) -> int:
     spec = Spec.from_dict(config["spec"])
     try:
         if config.get("params"):
-            test = load_data(spec, config.get("data_dir")).test
-            test_rows = data.subset_rows("test", spec.test_examples, len(test))
-            test_x = test[test_rows]
-            metrics = evaluate_saved(config["backend"], spec, Path(config["params"]), test_x, test_rows, out_dir)
+            split = config.get("split") or "test"
+            images = getattr(load_data(spec, config.get("data_dir")), split)
+            rows = data.subset_rows(split, spec.test_examples, len(images))
+            metrics = evaluate_saved(config["backend"], spec, Path(config["params"]), images[rows], rows, out_dir,
+                                     split)
         else:
             metrics = train_and_evaluate(config["backend"], spec, load_data(spec, config.get("data_dir")), out_dir,
                                          checkpoint_every=config.get("checkpoint_every"),

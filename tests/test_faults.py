@@ -50,6 +50,34 @@ def test_saved_parameters_are_evaluated_in_every_backend(tmp_path):
     assert all(r["test"]["examples"] == 300 and r["test"]["k"] == 20 for r in runs)
 
 
+def test_saved_parameters_are_evaluated_on_the_split_asked_for(tmp_path):
+    """--split train: the same parameters on a representative subset of the training images (how well a model
+    fits what it learned from, against the test set), recorded as such; a split that does not exist is refused."""
+    from common import data
+
+    spec = Spec(encoder=(32, 32), decoder=(32, 32), latent_size=4)
+    save_params(tmp_path / "params.safetensors", init_params(spec))
+    flags = ["--hidden-size", "32", "--latent-size", "4", "--eval-k", "5", "--test-examples", "200",
+             "--backends", "jax"]
+    for split in ("train", "test"):
+        result = compare("evaluate", str(tmp_path / "params.safetensors"), *flags, "--split", split,
+                         "--out", str(tmp_path / split))
+        assert result.returncode == 0, result.stderr[-3000:]
+    (train,), (test,) = (json.loads((tmp_path / s / "evaluation.json").read_text())["runs"] for s in ("train", "test"))
+    assert (train["split"], test["split"]) == ("train", "test")
+    arrays = {s: np.load(tmp_path / s / "jax" / f"{s}_per_example.npz") for s in ("train", "test")}
+    np.testing.assert_array_equal(arrays["train"]["rows"], data.subset_rows("train", 200))
+    assert arrays["train"]["rows"].max() >= 10_000  # drawn from all 50,000 training images
+    dataset = data.load()
+    # untrained parameters: log p(x) follows the images' pixel counts, so the two splits' figures differ
+    assert train["test"]["log_px"] != test["test"]["log_px"]
+    assert abs(np.mean(dataset.train[arrays["train"]["rows"]]) - np.mean(dataset.train)) < 0.01
+    result = compare("evaluate", str(tmp_path / "params.safetensors"), *flags, "--split", "training",
+                     "--out", str(tmp_path / "bad"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr and "--split" in result.stderr
+    assert not (tmp_path / "bad").exists()
+
+
 def test_parameters_of_another_architecture_name_the_tensor(tmp_path):
     save_params(tmp_path / "params.safetensors", init_params(Spec(encoder=(32, 32), decoder=(32, 32), latent_size=4)))
     out = ["--out", str(tmp_path / "eval")]
