@@ -259,3 +259,23 @@ def test_the_prose_under_the_literature_block_says_what_the_finished_runs_show()
     checks = {b: [v["step"] for v in r["validation"]] for b, r in runs.items()}
     assert runs["tensorflow"]["best_step"] == checks["tensorflow"][-1]
     assert runs["jax"]["best_step"] == checks["jax"][-2]
+
+
+def test_the_training_set_figures_under_the_literature_block_are_the_committed_evaluations():
+    """Train log p(x) of the finished Burda runs (compare.py evaluate --split train) and its distance above the
+    test figure, as the README states them."""
+    names = {"jax": "JAX", "tensorflow": "TensorFlow"}
+    scores, gaps, ses = [], [], []
+    for backend, name in names.items():
+        (evaluated,) = json.loads((ROOT / "results" / "burda-cpu-fit" / f"{backend}-train" / "evaluation.json")
+                                  .read_text())["runs"]
+        assert evaluated["split"] == "train" and evaluated["test"]["k"] == 5000
+        assert evaluated["test"]["examples"] == 2000
+        (run,) = json.loads((ROOT / "results" / f"burda-cpu-{backend}" / "results.json").read_text())["runs"]
+        train, test = evaluated["test"], run["test"]
+        scores.append(f"{readme.signed(train['log_px'])} ± {train['log_px_se']:.2f} ({name})")
+        gaps.append(f"{train['log_px'] - test['log_px']:.2f}")
+        ses.append(f"{np.hypot(train['log_px_se'], test['log_px_se']):.2f}")
+    text = " ".join(README.split())
+    assert f"score {scores[0]} and {scores[1]}, {gaps[0]} and {gaps[1]} nats above their test figures (± {ses[0]} " \
+        f"and {ses[1]}, the two standard errors combined)" in text
