@@ -580,10 +580,11 @@ def command_evaluate(argv: list[str]) -> int:
     from runner import summary
 
     sigterm_as_interrupt()
+    code = provenance.commit_state()  # at the start, as a run records it: the code that evaluates
     runs = [run_worker(name, spec, args.out / name, args.out, args.data_dir, params=args.params, split=args.split)
             for name in names]
     results = dict(runs=runs, split=args.split, paired=summary.paired(runs, args.out),
-                   command="python compare.py evaluate " + shlex.join(argv), provenance=provenance.commit_state(),
+                   command="python compare.py evaluate " + shlex.join(argv), provenance=code,
                    subsets=runs[0].get("subsets"))
     print(f"\n{runs[0].get('test', {}).get('examples', '?')} images of the {args.split} split "
           "(the table's test columns)" if args.split != "test" else "")
