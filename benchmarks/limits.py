@@ -84,7 +84,7 @@ def profile(name: str, family_name: str, width: int, steps: int = 100) -> None:
     dataset = data.load()
     spec = spec_of(family_name, width)
     backend = backends.create(name)
-    backend.load(spec, init_params(spec), dataset.train)
+    backend.load(spec, init_params(spec, train=dataset.train), dataset.train)
     indices = data.batch_indices(len(dataset.train), spec.batch_size, spec.seed, 0, 2 * steps)
     backend.train(indices[:steps])  # compile, warm up
     start = time.perf_counter()

@@ -5,6 +5,9 @@ every backend's params.safetensors (float32, canonical names, dense kernels (in,
 every other backend. Initialisation rules (spec.init):
   uniform  PyTorch's nn.Linear default: weights and biases ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in))
   glorot   Glorot & Bengio (2010): weights ~ U(-sqrt(6/(fan_in+fan_out)), +...), biases 0
+  glorot-logit  glorot, and the VAE decoder's output bias at the logit of the training images' mean pixel
+           (clipped to [0.001, 0.999]), so that the untrained model already predicts each pixel's frequency:
+           Burda et al.'s code; the one draw that reads the data
 """
 
 from __future__ import annotations
@@ -31,13 +34,14 @@ def masks(spec: Spec) -> dict[str, np.ndarray]:
     return family(spec).masks(spec)
 
 
-def init_params(spec: Spec, seed: int | None = None) -> dict[str, np.ndarray]:
-    """float64 arrays; a backend casts them to its dtype. Masked kernel entries are stored as 0."""
+def init_params(spec: Spec, seed: int | None = None, train: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """float64 arrays; a backend casts them to its dtype. Masked kernel entries are stored as 0. train: the
+    training images, which glorot-logit needs (ValueError without them)."""
     model = family(spec)
     rng = np.random.default_rng(spec.seed if seed is None else seed)
     params: dict[str, np.ndarray] = {}
     for layer in model.layers(spec):
-        if spec.init == "glorot":
+        if spec.init in ("glorot", "glorot-logit"):
             bound = np.sqrt(6.0 / (layer.fan_in + layer.fan_out))
             params[layer.kernel] = rng.uniform(-bound, bound, size=(layer.fan_in, layer.fan_out))
             if layer.bias:
@@ -52,6 +56,11 @@ def init_params(spec: Spec, seed: int | None = None) -> dict[str, np.ndarray]:
             params[f"{layer.name}.bias"][:] = 0.0
     for name, mask in model.masks(spec).items():
         params[name] = params[name] * mask
+    if spec.init == "glorot-logit":
+        if train is None:
+            raise ValueError("init glorot-logit sets the output bias from the training images: pass them")
+        mean = np.clip(np.mean(train, axis=0, dtype=np.float64), 0.001, 0.999)
+        params[f"decoder.l{len(spec.decoder)}.bias"] = np.log(mean) - np.log1p(-mean)
     return params
 
 

@@ -15,7 +15,8 @@ N_PIXELS = 784
 MODELS = ("vae", "fa", "cvae", "gmvae", "vrnn")  # common/models/<model>.py describes each
 FAMILIES = ("mean-field", "iaf")
 ACTIVATIONS = ("relu", "tanh", "softplus")
-INITS = ("uniform", "glorot")  # PyTorch's nn.Linear rule | Glorot & Bengio (2010), zero biases
+INITS = ("uniform", "glorot", "glorot-logit")  # PyTorch's nn.Linear rule | Glorot & Bengio (2010), zero biases |
+# the same, with the VAE decoder's output bias at the logit of the mean training pixel (Burda et al.'s code)
 OBJECTIVES = ("elbo", "iwae")
 OPTIMIZERS = ("rmsprop", "adam", "adagrad")
 SCHEDULES = ("constant", "step", "burda")
@@ -94,6 +95,8 @@ class Spec:
             problems.append(f"batch-size {self.batch_size} does not split evenly across {self.devices} devices")
         if self.flow_steps < 0 or self.flow_hidden < 0:
             problems.append(f"flow-steps and flow-hidden must be >= 0, got {self.flow_steps}, {self.flow_hidden}")
+        if self.init == "glorot-logit" and self.model != "vae":
+            problems.append(f"init glorot-logit sets the VAE decoder's output bias; model {self.model} has none")
         if self.learning_rate <= 0:
             problems.append(f"learning-rate must be > 0, got {self.learning_rate}")
         if self.lr_schedule == "step" and (self.lr_decay_every <= 0 or not 0 < self.lr_decay <= 1):

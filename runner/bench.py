@@ -88,7 +88,7 @@ def config_name(spec: Spec) -> str:
 
 def time_configuration(name: str, spec: Spec, train_x: np.ndarray, test_x: np.ndarray, job: dict) -> dict:
     backend = backends.create(name)
-    backend.load(spec, init_params(spec), train_x)
+    backend.load(spec, init_params(spec, train=train_x), train_x)
     widest = max((*spec.encoder, *spec.decoder, spec.latent_size))
     gemm = {"square_4096": backend.matmul_flop_per_s(4096, 4096, 4096, 2.0),
             "model_shape": backend.matmul_flop_per_s(spec.batch_size, widest, widest, 1.0)}

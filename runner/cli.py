@@ -61,7 +61,9 @@ SPEC_FLAGS: dict[str, tuple[str, object, str]] = {
     "--latent-size": ("latent_size", int, "latent size L [128]"),
     "--flow-steps": ("flow_steps", int, "IAF steps T [2]"),
     "--flow-hidden": ("flow_hidden", int, "width of the IAF's MADE layers [the encoder's last width]"),
-    "--init": ("init", str, "initial parameters: uniform (PyTorch's nn.Linear rule) or glorot [uniform]"),
+    "--init": ("init", str, "initial parameters: uniform (PyTorch's nn.Linear rule), glorot, or glorot-logit "
+              "(glorot, the decoder's output bias at the logit of the mean training pixel, as Burda et al.'s code) "
+              "[uniform]"),
     "--objective": ("objective", str, "elbo or iwae (the importance-weighted bound) [elbo]"),
     "--train-k": ("train_k", int, "samples per example in training (IWAE's k) [1]"),
     "--optimizer": ("optimizer", str, "rmsprop (centered), adam or adagrad [rmsprop]"),

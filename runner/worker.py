@@ -217,7 +217,7 @@ def train_and_evaluate(backend_name: str, spec: Spec, dataset: data.Dataset, out
         backend.set_optimizer_state(restored["optimizer"])
         backend.set_rng_state(restored["rng"])
     else:
-        loop, best_params = fresh_loop(), init_params(spec)
+        loop, best_params = fresh_loop(), init_params(spec, train=dataset.train)
         backend.load(spec, best_params, dataset.train)
     main = backend.is_main
     wall_before = loop["wall_seconds"]

@@ -161,6 +161,29 @@ def test_glorot_init_fills_its_range_and_zeroes_the_biases():
             assert bound * 0.9 < np.abs(params[name]).max() <= bound, name
 
 
+
+def test_glorot_logit_init_starts_the_decoder_at_each_pixels_frequency():
+    """Burda et al.'s code: glorot, but the decoder's output bias at logit(mean training pixel), clipped to
+    [0.001, 0.999]; so with the hidden units at zero the untrained model predicts each pixel's frequency. Every
+    other tensor is glorot's draw."""
+    rng = np.random.default_rng(5)
+    train = (rng.random((400, 784)) < np.linspace(0.0, 0.9, 784)).astype(np.float32)  # pixel 0 never on
+    spec = Spec(**{**PRESETS["burda"], "init": "glorot-logit"})
+    params, glorot = init_params(spec, train=train), init_params(Spec(**PRESETS["burda"]))
+    bias = params["decoder.l2.bias"]
+    frequency = 1 / (1 + np.exp(-bias))
+    expected = np.clip(train.mean(axis=0, dtype=np.float64), 0.001, 0.999)
+    np.testing.assert_allclose(frequency[1:], expected[1:], rtol=1e-12)
+    assert frequency[0] == pytest.approx(0.001)
+    assert set(params) == set(glorot)
+    for name in glorot:
+        if name != "decoder.l2.bias":
+            np.testing.assert_array_equal(params[name], glorot[name])
+    with pytest.raises(ValueError, match="training images"):
+        init_params(spec)
+    with pytest.raises(ValueError, match="model fa has none"):
+        Spec(model="fa", init="glorot-logit")
+
 # --- the optimizers against their formulas, one step at a time from a known state ---
 
 def one_step(optimizer: str, t: int, **spec_changes):
