@@ -1,10 +1,11 @@
 """What every backend's optimizer shares: the state's slot names and the learning rate of each step.
 
 The updates themselves are written out once in backends/numpy/optim.py (the reference) and in each
-framework's optim module; all three follow PyTorch's torch.optim formulas (eps outside the square
-root). The learning rate of every step comes from learning_rates() here, so a schedule is the
-same in every backend; a backend counts its steps (optimizer state "step") and asks for the rates
-of each window it trains.
+framework's optim module; rmsprop, adam and adagrad follow PyTorch's torch.optim formulas (eps outside
+the square root); adam-burda is the Adam of Burda et al.'s published code (its formula in
+backends/numpy/optim.py), whose second moments start at one (INITIAL). The learning rate of every
+step comes from learning_rates() here, so a schedule is the same in every backend; a backend counts
+its steps (optimizer state "step") and asks for the rates of each window it trains.
 """
 
 from __future__ import annotations
@@ -17,7 +18,14 @@ SLOTS = {  # per optimizer, the per-parameter arrays of its state (torch.optim's
     "rmsprop": ("square_avg", "grad_avg"),  # centered: E[g^2], E[g]
     "adam": ("exp_avg", "exp_avg_sq"),
     "adagrad": ("sum",),
+    "adam-burda": ("exp_avg", "exp_avg_sq"),
 }
+INITIAL = {("adam-burda", "exp_avg_sq"): 1.0}  # a slot's value before the first step, where it is not 0
+
+
+def initial(optimizer: str, slot: str) -> float:
+    """The value every element of this slot starts at."""
+    return INITIAL.get((optimizer, slot), 0.0)
 
 
 def burda_stage(epoch: np.ndarray) -> np.ndarray:

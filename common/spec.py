@@ -18,7 +18,7 @@ ACTIVATIONS = ("relu", "tanh", "softplus")
 INITS = ("uniform", "glorot", "glorot-logit")  # PyTorch's nn.Linear rule | Glorot & Bengio (2010), zero biases |
 # the same, with the VAE decoder's output bias at the logit of the mean training pixel (Burda et al.'s code)
 OBJECTIVES = ("elbo", "iwae")
-OPTIMIZERS = ("rmsprop", "adam", "adagrad")
+OPTIMIZERS = ("rmsprop", "adam", "adagrad", "adam-burda")
 SCHEDULES = ("constant", "step", "burda")
 DTYPES = ("float32", "float64")
 
@@ -150,7 +150,9 @@ class Spec:
         opt = {"rmsprop": f"centered RMSprop lr {self.learning_rate:g}",
                "adam": f"Adam lr {self.learning_rate:g} (β {self.adam_beta1:g}, {self.adam_beta2:g}, "
                        f"eps {self.adam_eps:g})",
-               "adagrad": f"Adagrad lr {self.learning_rate:g}"}[self.optimizer]
+               "adagrad": f"Adagrad lr {self.learning_rate:g}",
+               "adam-burda": f"Burda et al.'s Adam lr {self.learning_rate:g} (β {self.adam_beta1:g}, "
+                             f"{self.adam_beta2:g}, eps {self.adam_eps:g}, v from 1)"}[self.optimizer]
         if self.lr_schedule != "constant":
             opt += f", {self.lr_schedule} schedule"
         objective = "ELBO" if self.objective == "elbo" else "IWAE bound"

@@ -66,7 +66,9 @@ SPEC_FLAGS: dict[str, tuple[str, object, str]] = {
               "[uniform]"),
     "--objective": ("objective", str, "elbo or iwae (the importance-weighted bound) [elbo]"),
     "--train-k": ("train_k", int, "samples per example in training (IWAE's k) [1]"),
-    "--optimizer": ("optimizer", str, "rmsprop (centered), adam or adagrad [rmsprop]"),
+    "--optimizer": ("optimizer", str, "rmsprop (centered), adam, adagrad, or adam-burda (the Adam of Burda et "
+                    "al.'s code: second moments start at 1, each step uses the moments from before it; their code "
+                    "runs it with --adam-beta1 0.99) [rmsprop]"),
     "--learning-rate": ("learning_rate", float, "learning rate [1e-3]"),
     "--lr-schedule": ("lr_schedule", str, "constant, step (x lr-decay every lr-decay-every steps) or burda "
                                           "(stages of 3^i passes at lr * 10^(-i/7)) [constant]"),

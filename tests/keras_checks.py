@@ -42,6 +42,8 @@ CHECKS: dict[str, tuple[str, str, tuple]] = {
     "20 steps adam burda schedule 1e-8": ("test_parity",
                                           "test_every_optimizer_and_schedule_matches_reference_float64",
                                           ("adam-burda-schedule",)),
+    "20 steps adam-burda (Burda et al.'s code) 1e-8": (
+        "test_parity", "test_every_optimizer_and_schedule_matches_reference_float64", ("adam-burda-code",)),
     "20 steps adagrad 1e-8": ("test_parity", "test_every_optimizer_and_schedule_matches_reference_float64",
                               ("adagrad",)),
     "masked kernel entries get no gradient": ("test_parity", "test_masked_kernel_entries_get_no_gradient", ()),
@@ -55,7 +57,9 @@ CHECKS: dict[str, tuple[str, str, tuple]] = {
         "test_conformance", "test_seeded_log_weights_are_deterministic_and_leave_training_alone", ()),
     "training noise does not depend on the window": (
         "test_conformance", "test_training_noise_does_not_depend_on_how_steps_are_grouped", ()),
-    "state round trip": ("test_conformance", "test_state_round_trip_continues_the_same_run", ()),
+    "state round trip": ("test_conformance", "test_state_round_trip_continues_the_same_run", ("adam",)),
+    "state round trip adam-burda": ("test_conformance", "test_state_round_trip_continues_the_same_run",
+                                    ("adam-burda",)),
     "evaluation reduces log w once": ("test_conformance", "test_evaluation_reduces_log_weights_once_for_every_backend",
                                       ()),
     "stock keras optimizers are not torch's": ("keras_checks", "stock_keras_optimizers_are_not_torchs", ()),

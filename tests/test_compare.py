@@ -171,7 +171,7 @@ def test_validation_settings_do_not_change_training_in_any_backend(tmp_path, dat
     (["--encoder", "400,0"], "encoder widths must be positive, got [400, 0]"),
     (["--decoder", "4x"], "hidden widths are comma-separated integers such as 512,512, got '4x'"),
     (["--activation", "gelu"], "activation must be one of relu, tanh, softplus"),
-    (["--optimizer", "sgd"], "optimizer must be one of rmsprop, adam, adagrad"),
+    (["--optimizer", "sgd"], "optimizer must be one of rmsprop, adam, adagrad, adam-burda"),
     (["--objective", "vae"], "objective must be one of elbo, iwae"),
     (["--lr-schedule", "step"], "the step schedule needs lr-decay-every > 0"),
     (["--latent-size", "-2"], "latent-size must be positive"),

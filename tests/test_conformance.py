@@ -87,15 +87,18 @@ def test_training_noise_does_not_depend_on_how_steps_are_grouped(name, rng):
         assert_close(parts.params()[k], v, 1e-14, k)
 
 
+@pytest.mark.parametrize("optimizer", ["adam", "adam-burda"])  # adam-burda: v starts at 1, not 0
 @pytest.mark.parametrize("name", BACKENDS)
-def test_state_round_trip_continues_the_same_run(name, rng):
+def test_state_round_trip_continues_the_same_run(name, optimizer, rng):
     """Parameters, optimizer state (with its step count) and the training generator's state are all a
     run needs: a fresh backend given them continues exactly as the original does."""
-    ws = windows(rng, 2)
-    original, train_x = loaded(name, np.random.default_rng(0))
+    ws, spec = windows(rng, 2), SPEC.replace(optimizer=optimizer)
+    original, train_x = loaded(name, np.random.default_rng(0), spec)
+    if optimizer == "adam-burda":
+        assert all(np.all(v == 1) for v in original.optimizer_state()["exp_avg_sq"].values())
     original.train(ws[0])
     params, state, rng_state = original.params(), original.optimizer_state(), original.rng_state()
-    copy = make(name, SPEC, params, train_x)
+    copy = make(name, spec, params, train_x)
     copy.set_optimizer_state(state)
     copy.set_rng_state(rng_state)
     np.testing.assert_array_equal(copy.preview_noise(2), original.preview_noise(2))

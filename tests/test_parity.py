@@ -34,6 +34,9 @@ OPTIMIZERS = {
     "adam-burda-schedule": dict(optimizer="adam", adam_eps=1e-4, lr_schedule="burda", learning_rate=3e-3),
     "adam-step-schedule": dict(optimizer="adam", lr_schedule="step", lr_decay=0.5, lr_decay_every=7),
     "adagrad": dict(optimizer="adagrad", learning_rate=0.02),
+    # its v starting at one keeps the first steps small: a larger rate so that 20 steps move the parameters
+    "adam-burda-code": dict(optimizer="adam-burda", adam_beta1=0.99, adam_eps=1e-4, lr_schedule="burda",
+                            learning_rate=0.3),
 }
 N_TRAIN = 48  # 3 batches of 16 per epoch: the Burda schedule changes rate at steps 3 and 12 of the 20
 

@@ -212,6 +212,22 @@ def test_adam_step_is_the_bias_corrected_formula():
     assert state["step"] == 3
 
 
+def test_burda_adam_steps_with_the_moments_from_before_its_update_and_v_from_one():
+    """Burda et al.'s optimizers.py: theta + alpha_t m / (sqrt(v) + 1e-4), alpha_t = lr sqrt(1 - b2^t) / (1 - b1^t),
+    with m and v as they were before the step's simultaneous update (ascent there; descent on the loss here)."""
+    spec, p, g, s, new, state = one_step("adam-burda", t=3, adam_beta1=0.99, adam_eps=1e-4)
+    m, v = s["exp_avg"]["w"], s["exp_avg_sq"]["w"]
+    alpha = 0.01 * np.sqrt(1 - 0.999**3) / (1 - 0.99**3)
+    np.testing.assert_allclose(new, p - alpha * m / (np.sqrt(v) + 1e-4), rtol=1e-13)
+    np.testing.assert_allclose(state["exp_avg"]["w"], 0.99 * m + 0.01 * g, rtol=1e-13)
+    np.testing.assert_allclose(state["exp_avg_sq"]["w"], 0.999 * v + 0.001 * g * g, rtol=1e-13)
+    assert state["step"] == 3
+    fresh = optim.init_state(spec, {"w": p})
+    assert np.all(fresh["exp_avg"]["w"] == 0) and np.all(fresh["exp_avg_sq"]["w"] == 1)
+    unmoved = optim.update(spec, {"w": p}, {"w": g}, fresh, lr=0.01)  # the first step: m is 0
+    np.testing.assert_array_equal(unmoved["w"], p)
+
+
 def test_adagrad_step_accumulates_squares_and_puts_eps_outside_the_root():
     spec, p, g, s, new, state = one_step("adagrad", t=1)
     np.testing.assert_allclose(new, p - 0.01 * g / (np.sqrt(s["sum"]["w"] + g * g) + 1e-10), rtol=1e-13)

@@ -24,7 +24,7 @@ from flax import traverse_util
 from backends.jax import cvae, distributed, fa, gmvae, optim, vae, vrnn
 from common import streams
 from common.models import family
-from common.optim import SLOTS, learning_rates
+from common.optim import SLOTS, initial, learning_rates
 from common.params import check_params
 from common.spec import Spec
 
@@ -167,8 +167,8 @@ class Backend:
         self.parallel = distributed.DataParallel(spec.devices) if spec.devices > 1 else None
         self.model = MODELS[spec.model](spec)
         self._params = self._place(self._host_tree(params))
-        self.set_optimizer_state({"step": 0} | {slot: {k: np.zeros(np.shape(v)) for k, v in params.items()}
-                                                for slot in SLOTS[spec.optimizer]})
+        self.set_optimizer_state({"step": 0} | {slot: {k: np.full(np.shape(v), initial(spec.optimizer, slot))
+                                                       for k, v in params.items()} for slot in SLOTS[spec.optimizer]})
         self._n_train = len(train_x)
         if self.parallel is None:
             self._train_x = jnp.asarray(train_x).astype(self.dtype)  # on the device as uint8, cast there once

@@ -6,6 +6,8 @@ the learning rate as an argument (a scan input), so no schedule is baked into a 
   adam     optax.scale_by_adam: (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps), torch's Adam
   adagrad  scale_by_sum_of_squares below: optax.scale_by_rss is not torch's Adagrad (it adds eps inside the
            square root and starts its accumulator at 0.1; torch adds eps outside and starts at 0)
+  adam-burda  scale_by_burda_adam below: Burda et al.'s Adam, v starting at 1 and the step taken with the
+           moments from before it, (sqrt(1 - b2^t) / (1 - b1^t)) m / (sqrt(v) + eps); optax has none such
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ FIELDS = {  # torch's slot names (common.optim.SLOTS) -> the field of the transf
     "rmsprop": {"square_avg": "nu", "grad_avg": "mu"},
     "adam": {"exp_avg": "mu", "exp_avg_sq": "nu"},
     "adagrad": {"sum": "sum"},
+    "adam-burda": {"exp_avg": "mu", "exp_avg_sq": "nu"},
 }
 
 
@@ -43,15 +46,41 @@ def scale_by_sum_of_squares(eps: float) -> optax.GradientTransformation:
     return optax.GradientTransformation(init, update)
 
 
+class BurdaAdamState(NamedTuple):
+    count: jax.Array  # int32: the steps taken
+    mu: PyTree  # m, starting at 0
+    nu: PyTree  # v, starting at 1
+
+
+def scale_by_burda_adam(b1: float, b2: float, eps: float) -> optax.GradientTransformation:
+    """The direction of Burda et al.'s Adam (backends/numpy/optim.py): from the moments before this step's update."""
+    def init(params: PyTree) -> BurdaAdamState:
+        return BurdaAdamState(jnp.zeros([], jnp.int32), jax.tree.map(jnp.zeros_like, params),
+                              jax.tree.map(jnp.ones_like, params))
+
+    def update(grads: PyTree, state: BurdaAdamState, params: PyTree = None) -> tuple[PyTree, BurdaAdamState]:
+        t = (state.count + 1).astype(jax.tree.leaves(grads)[0].dtype)
+        scale = jnp.sqrt(1 - b2**t) / (1 - b1**t)
+        d = jax.tree.map(lambda m, v: scale * m / (jnp.sqrt(v) + eps), state.mu, state.nu)
+        mu = jax.tree.map(lambda m, g: b1 * m + (1 - b1) * g, state.mu, grads)
+        nu = jax.tree.map(lambda v, g: b2 * v + (1 - b2) * g * g, state.nu, grads)
+        return d, BurdaAdamState(state.count + 1, mu, nu)
+
+    return optax.GradientTransformation(init, update)
+
+
 def direction(spec: Spec) -> optax.GradientTransformation:
     if spec.optimizer == "rmsprop":
         return optax.scale_by_stddev(decay=spec.rmsprop_decay, eps=spec.rmsprop_eps, eps_in_sqrt=False)
     if spec.optimizer == "adam":
         return optax.scale_by_adam(b1=spec.adam_beta1, b2=spec.adam_beta2, eps=spec.adam_eps, eps_root=0.0)
+    if spec.optimizer == "adam-burda":
+        return scale_by_burda_adam(spec.adam_beta1, spec.adam_beta2, spec.adam_eps)
     return scale_by_sum_of_squares(spec.adagrad_eps)
 
 
-STATE_TYPES = {"rmsprop": optax.ScaleByRStdDevState, "adam": optax.ScaleByAdamState, "adagrad": SumOfSquaresState}
+STATE_TYPES = {"rmsprop": optax.ScaleByRStdDevState, "adam": optax.ScaleByAdamState, "adagrad": SumOfSquaresState,
+               "adam-burda": BurdaAdamState}
 
 
 class State(NamedTuple):
@@ -74,6 +103,6 @@ def restore(spec: Spec, step: int, slot_trees: dict[str, PyTree]) -> State:
     host: the caller places every leaf as it places the parameters, counts included (a count left uncommitted on
     one device makes the mesh's jit compile the window again once the state comes back replicated)."""
     fields = {field: slot_trees[slot] for slot, field in FIELDS[spec.optimizer].items()}
-    if spec.optimizer == "adam":
-        fields["count"] = np.array(step, np.int32)  # optax's Adam counts its own steps, for the bias correction
+    if spec.optimizer in ("adam", "adam-burda"):
+        fields["count"] = np.array(step, np.int32)  # each Adam counts its own steps, for the bias correction
     return State(np.array(step, np.int32), STATE_TYPES[spec.optimizer](**fields))

@@ -1,5 +1,5 @@
-"""The three optimizers as keras.optimizers.Optimizer subclasses computing backends/numpy/optim.py (torch.optim's
-formulas, eps outside the square root), on any Keras engine.
+"""The optimizers as keras.optimizers.Optimizer subclasses computing backends/numpy/optim.py (torch.optim's
+formulas, eps outside the square root, and Burda et al.'s Adam), on any Keras engine.
 
 Keras's own optimizers are not those formulas, and the difference is far beyond the 1e-8 that 20 steps are held
 to (tests/test_keras.py: test_stock_keras_optimizers_are_not_torchs runs each stock one beside ours):
@@ -27,7 +27,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from common.optim import SLOTS
+from common.optim import SLOTS, initial
 from common.spec import Spec
 
 
@@ -52,7 +52,9 @@ class TorchFormula(keras.optimizers.Optimizer):
         if self.built:
             return
         super().build(variables)
-        self.slots = {slot: self.add_optimizer_variables(variables, slot) for slot in SLOTS[self.kind]}
+        self.slots = {slot: self.add_optimizer_variables(variables, slot,
+                                                         keras.initializers.Constant(initial(self.kind, slot)))
+                      for slot in SLOTS[self.kind]}
 
     def slots_of(self, variable) -> dict:
         i = self._get_variable_index(variable)
@@ -111,7 +113,26 @@ class Adagrad(TorchFormula):
         self.assign_sub(variable, lr * gradient / (ops.sqrt(total) + eps))
 
 
-OPTIMIZERS = {cls.kind: cls for cls in (CenteredRMSprop, Adam, Adagrad)}
+class BurdaAdam(TorchFormula):
+    """Burda et al.'s Adam: the step from the moments before this step's update; exp_avg_sq starts at one."""
+
+    kind = "adam-burda"
+
+    def update_step(self, gradient, variable, learning_rate) -> None:
+        s, lr = self.slots_of(variable), ops.cast(learning_rate, variable.dtype)
+        spec = self.spec
+        b1, b2, one_minus_b1, one_minus_b2, eps, one = self.constants(
+            variable, spec.adam_beta1, spec.adam_beta2, 1.0 - spec.adam_beta1, 1.0 - spec.adam_beta2, spec.adam_eps,
+            1.0)
+        t = ops.cast(self.iterations + 1, variable.dtype)
+        m, v = ops.copy(s["exp_avg"]), ops.copy(s["exp_avg_sq"])
+        step = lr * (ops.sqrt(one - ops.power(b2, t)) / (one - ops.power(b1, t))) * m / (ops.sqrt(v) + eps)
+        self.assign_sub(variable, step)
+        self.assign(s["exp_avg"], b1 * m + one_minus_b1 * gradient)
+        self.assign(s["exp_avg_sq"], b2 * v + one_minus_b2 * gradient * gradient)
+
+
+OPTIMIZERS = {cls.kind: cls for cls in (CenteredRMSprop, Adam, Adagrad, BurdaAdam)}
 
 
 def create(spec: Spec) -> TorchFormula:
@@ -124,7 +145,7 @@ def stock(spec: Spec) -> keras.optimizers.Optimizer:
     if spec.optimizer == "rmsprop":
         return keras.optimizers.RMSprop(float(spec.learning_rate), rho=spec.rmsprop_decay, epsilon=spec.rmsprop_eps,
                                         centered=True)
-    if spec.optimizer == "adam":
+    if spec.optimizer in ("adam", "adam-burda"):  # Keras has no Adam whose second moments start at one
         return keras.optimizers.Adam(float(spec.learning_rate), beta_1=spec.adam_beta1, beta_2=spec.adam_beta2,
                                      epsilon=spec.adam_eps)
     return keras.optimizers.Adagrad(float(spec.learning_rate), initial_accumulator_value=0.0,

@@ -1,4 +1,5 @@
-"""The optimizers written out in TensorFlow with torch.optim's formulas (backends/numpy/optim.py, the reference).
+"""The optimizers written out in TensorFlow with torch.optim's formulas, and Burda et al.'s Adam
+(backends/numpy/optim.py, the reference).
 
 Keras's own optimizers differ (RMSprop puts eps inside the square root), so none is used. The learning rate
 of each step is a tensor argument, so a schedule changes no trace. The state is tf.Variables: a step count
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from common.optim import SLOTS
+from common.optim import SLOTS, initial
 from common.spec import Spec
 
 Slots = dict[str, tf.Variable]  # one parameter's slot variables, by slot name
@@ -19,10 +20,11 @@ class Optimizer(tf.Module):
     """state["step"] and state[slot][name]; apply() takes the gradient of the loss (-objective)."""
 
     def __init__(self, spec: Spec, variables: dict[str, tf.Variable]):
-        super().__init__(name=spec.optimizer)
+        super().__init__(name=spec.optimizer.replace("-", "_"))
         self.spec = spec
         self.step = tf.Variable(0, dtype=tf.int64, name="step")
-        self.slots = {slot: {k: tf.Variable(tf.zeros_like(v), name=f"{k}.{slot}") for k, v in variables.items()}
+        self.slots = {slot: {k: tf.Variable(tf.fill(tf.shape(v), tf.constant(initial(spec.optimizer, slot), v.dtype)),
+                                            name=f"{k}.{slot}") for k, v in variables.items()}
                       for slot in SLOTS[spec.optimizer]}
 
     def apply(self, variables: dict[str, tf.Variable], grads: dict[str, tf.Tensor], lr: tf.Tensor) -> None:
@@ -59,7 +61,20 @@ class Adagrad(Optimizer):
         return lr * g / (tf.sqrt(s) + self.spec.adagrad_eps)
 
 
-OPTIMIZERS = {"rmsprop": CenteredRMSprop, "adam": Adam, "adagrad": Adagrad}
+class BurdaAdam(Optimizer):
+    def delta(self, slot: Slots, g: tf.Tensor, lr: tf.Tensor, t: tf.Tensor) -> tf.Tensor:
+        """The step from the moments before this step's update (read first: the reads and assigns of one
+        variable run in program order inside a tf.function)."""
+        b1, b2 = self.spec.adam_beta1, self.spec.adam_beta2
+        m, v = slot["exp_avg"].read_value(), slot["exp_avg_sq"].read_value()
+        step = lr * (tf.sqrt(1.0 - b2**t) / (1.0 - b1**t)) * m / (tf.sqrt(v) + self.spec.adam_eps)
+        with tf.control_dependencies([step]):
+            slot["exp_avg"].assign(b1 * m + (1.0 - b1) * g)
+            slot["exp_avg_sq"].assign(b2 * v + (1.0 - b2) * g * g)
+            return tf.identity(step)
+
+
+OPTIMIZERS = {"rmsprop": CenteredRMSprop, "adam": Adam, "adagrad": Adagrad, "adam-burda": BurdaAdam}
 
 
 def create(spec: Spec, variables: dict[str, tf.Variable]) -> Optimizer:

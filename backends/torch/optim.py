@@ -1,6 +1,7 @@
-"""The three optimizers: torch.optim's RMSprop(centered=True), Adam and Adagrad are the reference's
+"""The optimizers: torch.optim's RMSprop(centered=True), Adam and Adagrad are the reference's
 formulas themselves (backends/numpy/optim.py: eps outside the square root; Adagrad with lr_decay 0 and
-its accumulator starting at 0), so the suite's optimizer is PyTorch's own.
+its accumulator starting at 0), so the suite's optimizer is PyTorch's own. Burda et al.'s Adam (adam-burda),
+which torch.optim has not, is written out below and its step compiled, as RMSprop's.
 
 Adam and Adagrad take torch's fused implementation (fused=True: one ATen kernel per parameter, on a CPU as on
 a GPU), RMSprop, which has none, a compiled step (torch.compile fuses its dozen elementwise passes over every
@@ -24,10 +25,41 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from common.optim import SLOTS
+from common.optim import SLOTS, initial
 from common.spec import Spec
 
 FUSED = ("adam", "adagrad")  # the optimizers torch has a fused implementation of, on every device
+
+
+class BurdaAdam(torch.optim.Optimizer):
+    """Burda et al.'s Adam (backends/numpy/optim.py), which torch.optim has not: the step taken from the moments
+    before this step's update, exp_avg_sq starting at one (the Optimizer below lays the state out)."""
+
+    def __init__(self, parameters: list[nn.Parameter], lr: torch.Tensor, betas: tuple[float, float], eps: float):
+        super().__init__(parameters, {"lr": lr, "betas": betas, "eps": eps})
+
+    @torch.no_grad()
+    def step(self, closure: None = None) -> None:
+        for group in self.param_groups:
+            (b1, b2), eps, lr = group["betas"], group["eps"], group["lr"]
+            for p in group["params"]:
+                state = self.state[p]
+                m, v, g = state["exp_avg"], state["exp_avg_sq"], p.grad
+                t = state["step"] + 1
+                scale = torch.sqrt(1 - torch.pow(b2, t)) / (1 - torch.pow(b1, t))
+                step = lr.to(p.dtype) * scale * m / (torch.sqrt(v) + eps)
+                new_m, new_v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
+                p.sub_(step)
+                m.copy_(new_m)
+                v.copy_(new_v)
+        self.count()
+
+    @torch._dynamo.disable
+    def count(self) -> None:
+        """Outside the compiled step: compiled, torch 2.13 drops this in-place increment of the 0-dim "step"."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                self.state[p]["step"].add_(1)
 
 
 def torch_optimizer(spec: Spec, parameters: list[nn.Parameter], lr: torch.Tensor, tuned: bool = True
@@ -42,6 +74,8 @@ def torch_optimizer(spec: Spec, parameters: list[nn.Parameter], lr: torch.Tensor
         # foreach left to torch: it takes the single-tensor path for a tensor lr (its foreach path needs capturable)
         return torch.optim.Adam(parameters, lr=lr, betas=(spec.adam_beta1, spec.adam_beta2), eps=spec.adam_eps,
                                 **fused)
+    if spec.optimizer == "adam-burda":
+        return BurdaAdam(parameters, lr, (spec.adam_beta1, spec.adam_beta2), spec.adam_eps)
     return torch.optim.Adagrad(parameters, lr=lr, lr_decay=0.0, eps=spec.adagrad_eps, initial_accumulator_value=0.0,
                                **fused)
 
@@ -68,7 +102,8 @@ class Optimizer:
             # the step count in the parameters' dtype: compiled, Adam's bias correction beta ** step is a tensor
             # op (torch.optim's _get_value returns the tensor under torch.compile), float64 in a float64 run
             self.torch_optimizer.state[p] = {"step": torch.zeros((), dtype=p.dtype)} | {
-                slot: torch.zeros_like(p, memory_format=torch.preserve_format) for slot in self.slots}
+                slot: torch.full_like(p, initial(spec.optimizer, slot), memory_format=torch.preserve_format)
+                for slot in self.slots}
 
     def step(self, lr: float) -> None:
         self.lr.fill_(lr)

@@ -112,7 +112,8 @@ def flops_per_example(spec: Spec, k: int, training: bool) -> float:
 
 
 def describe(spec: Spec) -> str:
-    opt = {"rmsprop": "centered RMSprop", "adam": "Adam", "adagrad": "Adagrad"}[spec.optimizer]
+    opt = {"rmsprop": "centered RMSprop", "adam": "Adam", "adagrad": "Adagrad",
+           "adam-burda": "Burda et al.'s Adam"}[spec.optimizer]
     objective = "ELBO" if spec.objective == "elbo" else "IWAE bound"
     if spec.train_k > 1:
         objective += f" (k = {spec.train_k})"
