@@ -296,16 +296,16 @@ def train_and_evaluate(backend_name: str, spec: Spec, dataset: data.Dataset, out
         peak=peak, device=device_info(backend_name), versions=package_versions(backend_name), main=main)
 
 
-def evaluate_saved(backend_name: str, spec: Spec, params_path: Path, test_x: np.ndarray, test_rows: np.ndarray,
+def evaluate_saved(backend_name: str, spec: Spec, params_path: Path, x: np.ndarray, rows: np.ndarray,
                    out_dir: Path, split: str = "test") -> dict:
-    """ELBO and log p(x) of saved parameters in this backend (no training), on rows of split (the test set
-    unless given); the figures sit under "test" whatever the split, and "split" names it."""
+    """ELBO and log p(x) of saved parameters in this backend (no training), on the images x, rows `rows` of split
+    (the test set unless given); the figures sit under "test" whatever the split, and "split" names it."""
     backend = backends.create(backend_name)
-    backend.load(spec, load_params(params_path), test_x)
-    test = evaluate_split(backend, test_x, spec.eval_k, streams.seed_of(spec.seed, split))
+    backend.load(spec, load_params(params_path), x)
+    test = evaluate_split(backend, x, spec.eval_k, streams.seed_of(spec.seed, split))
     elbo, log_px = test.pop("per_example")
     if backend.is_main:
-        np.savez(out_dir / f"{split}_per_example.npz", elbo=elbo, log_px=log_px, rows=test_rows)
+        np.savez(out_dir / f"{split}_per_example.npz", elbo=elbo, log_px=log_px, rows=rows)
     return dict(status="ok", backend=backend_name, family=family_name(spec), model=spec.model, spec=spec.to_dict(),
                 split=split, test=test, params=params_path.name, device=device_info(backend_name),
                 versions=package_versions(backend_name), main=backend.is_main)
