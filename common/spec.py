@@ -15,6 +15,7 @@ N_PIXELS = 784
 MODELS = ("vae", "fa", "cvae", "gmvae", "vrnn")  # common/models/<model>.py describes each
 FAMILIES = ("mean-field", "iaf")
 ACTIVATIONS = ("relu", "tanh", "softplus")
+SCALES = ("softplus", "exp")  # q(z|x)'s scale from the encoder's output a: softplus(a) | exp(a) (Burda et al.)
 INITS = ("uniform", "glorot", "glorot-logit")  # PyTorch's nn.Linear rule | Glorot & Bengio (2010), zero biases |
 # the same, with the VAE decoder's output bias at the logit of the mean training pixel (Burda et al.'s code)
 OBJECTIVES = ("elbo", "iwae")
@@ -35,6 +36,7 @@ class Spec:
     flow_steps: int = 2  # IAF only
     flow_hidden: int = 0  # width of the MADE's two hidden layers; 0: the encoder's last width
     init: str = "uniform"
+    encoder_scale: str = "softplus"  # VAE only: q(z|x)'s scale is softplus(a) or exp(a) of the encoder's output a
     # objective: per example, the k-sample ELBO (mean_k log w_k) or the IWAE bound (logmeanexp_k log w_k)
     objective: str = "elbo"
     train_k: int = 1
@@ -78,8 +80,8 @@ class Spec:
             object.__setattr__(self, "flow_hidden", self.encoder[-1] if self.encoder else self.latent_size)
         problems = []
         for name, allowed in (("model", MODELS), ("variational", FAMILIES), ("activation", ACTIVATIONS),
-                              ("init", INITS), ("objective", OBJECTIVES), ("optimizer", OPTIMIZERS),
-                              ("lr_schedule", SCHEDULES), ("dtype", DTYPES)):
+                              ("init", INITS), ("encoder_scale", SCALES), ("objective", OBJECTIVES),
+                              ("optimizer", OPTIMIZERS), ("lr_schedule", SCHEDULES), ("dtype", DTYPES)):
             if getattr(self, name) not in allowed:
                 problems.append(f"{name.replace('_', '-')} must be one of {', '.join(allowed)}, "
                                 f"got {getattr(self, name)!r}")
@@ -95,6 +97,8 @@ class Spec:
             problems.append(f"batch-size {self.batch_size} does not split evenly across {self.devices} devices")
         if self.flow_steps < 0 or self.flow_hidden < 0:
             problems.append(f"flow-steps and flow-hidden must be >= 0, got {self.flow_steps}, {self.flow_hidden}")
+        if self.encoder_scale != "softplus" and self.model != "vae":
+            problems.append(f"encoder-scale {self.encoder_scale} is a VAE option; model {self.model} has softplus only")
         if self.init == "glorot-logit" and self.model != "vae":
             problems.append(f"init glorot-logit sets the VAE decoder's output bias; model {self.model} has none")
         if self.learning_rate <= 0:
@@ -159,6 +163,7 @@ class Spec:
         if self.train_k > 1:
             objective += f" (k = {self.train_k})"
         flow = f", IAF T = {self.flow_steps} (MADE {self.flow_hidden})" if self.variational == "iaf" else ""
+        flow += ", σ = exp(a)" if self.encoder_scale == "exp" else ""
         return (f"encoder {'-'.join(map(str, self.encoder))}, decoder {'-'.join(map(str, self.decoder))} "
                 f"{self.activation}, L = {self.latent_size}{flow}; {objective}, {opt}, batch {self.batch_size}")
 

@@ -61,6 +61,8 @@ SPEC_FLAGS: dict[str, tuple[str, object, str]] = {
     "--latent-size": ("latent_size", int, "latent size L [128]"),
     "--flow-steps": ("flow_steps", int, "IAF steps T [2]"),
     "--flow-hidden": ("flow_hidden", int, "width of the IAF's MADE layers [the encoder's last width]"),
+    "--encoder-scale": ("encoder_scale", str, "the VAE's q(z|x) scale from the encoder's output a: softplus(a), or "
+                        "exp(a) as Burda et al. [softplus]"),
     "--init": ("init", str, "initial parameters: uniform (PyTorch's nn.Linear rule), glorot, or glorot-logit "
               "(glorot, the decoder's output bias at the logit of the mean training pixel, as Burda et al.'s code) "
               "[uniform]"),

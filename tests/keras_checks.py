@@ -30,6 +30,11 @@ CHECKS: dict[str, tuple[str, str, tuple]] = {
     "gradients iaf softplus-shallow-elbo-k2 1e-10": (
         "test_parity", "test_objective_gradients_of_every_depth_activation_and_objective_match_reference",
         ("iaf", "softplus-shallow-elbo-k2")),
+    "gradients mean-field exp-scale-elbo 1e-10": (
+        "test_parity", "test_objective_gradients_of_every_depth_activation_and_objective_match_reference",
+        ("mean-field", "exp-scale-elbo")),
+    "20 steps rmsprop iaf exp-scale-elbo 1e-8": ("test_parity", "test_training_matches_reference_float64",
+                                                 ("iaf", "exp-scale-elbo")),
     "log w mean-field 1e-10": ("test_parity", "test_log_weights_match_reference_float64",
                                ("mean-field", "relu-elbo")),
     "log w iaf tanh-deep-iwae-k3 1e-10": ("test_parity", "test_log_weights_match_reference_float64",

@@ -27,6 +27,7 @@ MODEL_VARIANTS = {
     "tanh-deep-iwae-k3": dict(activation="tanh", encoder=(32, 24, 16), decoder=(16, 40), objective="iwae",
                               train_k=3, flow_hidden=24),
     "softplus-shallow-elbo-k2": dict(activation="softplus", encoder=(32,), decoder=(24,), train_k=2),
+    "exp-scale-elbo": dict(activation="tanh", encoder_scale="exp"),  # q's scale exp(a), as Burda et al.
 }
 # optimizers and schedules: 20 steps, mean-field (the update does not depend on the model)
 OPTIMIZERS = {

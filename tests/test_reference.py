@@ -18,6 +18,7 @@ VARIANTS = {  # architecture and objective variations the hand-written gradient 
     "relu-elbo-k1": dict(),
     "tanh-deep-iwae-k3": dict(activation="tanh", encoder=(9, 7, 6), decoder=(6, 11), objective="iwae", train_k=3),
     "softplus-elbo-k3": dict(activation="softplus", encoder=(8, 10), objective="elbo", train_k=3),
+    "exp-scale-iwae-k2": dict(encoder_scale="exp", objective="iwae", train_k=2),
 }
 
 
@@ -126,6 +127,28 @@ def test_log_q_equals_base_density_minus_log_det_of_full_jacobian(rng):
         log_base = np.sum(-0.5 * eps[n] ** 2 - vae.HALF_LOG_2PI)
         assert sign != 0
         assert log_q[n] == pytest.approx(log_base - log_det, abs=1e-6)
+
+
+def test_exp_encoder_scale_is_the_gaussian_density_of_sigma_exp_a(rng):
+    """--encoder-scale exp: z = loc + exp(a) eps and log q(z|x) = log N(z; loc, exp(a)^2), written out here from
+    the encoder's output; softplus(a) in its place (the default) gives another log w."""
+    spec = Spec(encoder_scale="exp", **TINY)
+    params = random_params(spec, rng)
+    x = (rng.random((3, 784)) < 0.3).astype(float)
+    eps = rng.standard_normal((2, 3, spec.latent_size))
+    model = vae.VAE(spec, params)
+    log_w = model.forward(x, eps)
+    out = model.mlp("encoder", x)[0]
+    loc, sigma = out[:, :spec.latent_size], np.exp(out[:, spec.latent_size:])
+    z = loc + sigma * eps
+    np.testing.assert_allclose(model.tape["z"], z, rtol=1e-14)
+    log_q = np.sum(-0.5 * ((z - loc) / sigma) ** 2 - np.log(sigma) - 0.5 * np.log(2 * np.pi), -1)
+    logits = model.tape["logits"]
+    log_p = np.sum(x * logits - np.logaddexp(0, logits), -1) + np.sum(-0.5 * z**2 - 0.5 * np.log(2 * np.pi), -1)
+    np.testing.assert_allclose(log_w, log_p - log_q, rtol=1e-12)
+    assert np.abs(vae.log_weights(spec.replace(encoder_scale="softplus"), params, x, eps) - log_w).max() > 1e-3
+    with pytest.raises(ValueError, match="encoder-scale exp is a VAE option"):
+        Spec(model="fa", encoder_scale="exp")
 
 
 def test_flow_starts_near_identity():

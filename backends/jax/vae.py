@@ -79,9 +79,13 @@ class VAE(nn.Module):
         spec, L = self.spec, self.spec.latent_size
         out = MLP(spec.encoder, spec.encoder_out, spec.activation, name="encoder")(x)
         loc, scale_arg, context = out[:, :L], out[:, L:2 * L], out[:, 2 * L:]
-        scale = nn.softplus(scale_arg)
+        if spec.encoder_scale == "exp":  # its log is scale_arg itself
+            scale, log_scale = jnp.exp(scale_arg), scale_arg
+        else:
+            scale = nn.softplus(scale_arg)
+            log_scale = jnp.log(scale)
         z = loc + scale * eps
-        log_q_z = jnp.sum(-0.5 * eps**2 - jnp.log(scale) - HALF_LOG_2PI, axis=-1)
+        log_q_z = jnp.sum(-0.5 * eps**2 - log_scale - HALF_LOG_2PI, axis=-1)
         for t in range(spec.flow_steps if spec.variational == "iaf" else 0):
             if t > 0:
                 z = z[..., ::-1]

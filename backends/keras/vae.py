@@ -2,6 +2,7 @@
 whichever engine KERAS_BACKEND names (jax, torch or tensorflow).
 
     q0:   z = loc + softplus(scale_arg) * eps,        log q = sum(-eps^2/2 - log scale - log(2 pi)/2)
+          (exp(scale_arg) for the scale with --encoder-scale exp)
     IAF:  [m | s] = MADE(z, context), sigma = sigmoid(s + 2), z <- sigma z + (1 - sigma) m, log q -= sum log sigma
     log w = log p(x|z) + log p(z) - log q(z|x)
 
@@ -146,9 +147,13 @@ class VAE(keras.Model):
         x = ops.cast(x, self.compute_dtype)  # binary pixels may come as uint8
         out = self.encoder(x)
         loc, scale_arg, context = out[:, :L], out[:, L:2 * L], out[:, 2 * L:]
-        scale = softplus(scale_arg)
+        if self.spec.encoder_scale == "exp":  # its log is scale_arg itself
+            scale, log_scale = ops.exp(scale_arg), scale_arg
+        else:
+            scale = softplus(scale_arg)
+            log_scale = ops.log(scale)
         z = loc + scale * eps
-        log_q_z = ops.sum(-0.5 * eps**2 - ops.log(scale) - HALF_LOG_2PI, axis=-1)
+        log_q_z = ops.sum(-0.5 * eps**2 - log_scale - HALF_LOG_2PI, axis=-1)
         for t, step in enumerate(self.flow):
             z, minus_log_det = step(ops.flip(z, axis=-1) if t > 0 else z, context)  # alternate the order
             log_q_z = log_q_z + minus_log_det

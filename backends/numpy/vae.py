@@ -2,7 +2,8 @@
 
 Conventions shared by every backend (README.md, "The model"):
   eps ~ N(0, I) of shape (k, n, L): k samples for each of n examples;
-  z0 = loc + softplus(scale_arg) * eps,  log q0 = sum(-eps^2/2 - log scale - log(2 pi)/2);
+  z0 = loc + scale * eps,  log q0 = sum(-eps^2/2 - log scale - log(2 pi)/2),
+    scale = softplus(scale_arg), or exp(scale_arg) with --encoder-scale exp (log scale = scale_arg then);
   IAF step t (z reversed before every step but the first):
     [m | s] = MADE_t(z, context),  sigma = sigmoid(s + 2),  z <- sigma z + (1 - sigma) m,
     log q <- log q - sum(log sigma)      (log sigma = -softplus(-(s + 2)), exact where sigma underflows);
@@ -35,6 +36,14 @@ ACTIVATIONS = {
     "tanh": (np.tanh, lambda out: 1.0 - out * out),
     "softplus": (softplus, lambda out: -np.expm1(-out)),  # sigmoid(a) = 1 - exp(-softplus(a))
 }
+
+
+def encoder_scale(spec: Spec, scale_arg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(scale, log scale) of q0(z|x) from the encoder's output a: softplus(a), or exp(a) whose log is a itself."""
+    if spec.encoder_scale == "exp":
+        return np.exp(scale_arg), scale_arg
+    scale = softplus(scale_arg)
+    return scale, np.log(scale)
 
 
 def logmeanexp(a: np.ndarray, axis: int = 0) -> np.ndarray:
@@ -90,9 +99,9 @@ class VAE:
         x = np.asarray(x, np.float64)
         out, enc_hidden = self.mlp("encoder", x)
         loc, scale_arg, context = out[:, :L], out[:, L:2 * L], out[:, 2 * L:]
-        scale = softplus(scale_arg)
+        scale, log_scale = encoder_scale(spec, scale_arg)
         z = loc + scale * eps
-        log_q_z = np.sum(-0.5 * eps**2 - np.log(scale) - HALF_LOG_2PI, axis=-1)
+        log_q_z = np.sum(-0.5 * eps**2 - log_scale - HALF_LOG_2PI, axis=-1)
         flow = []
         for t in range(spec.flow_steps if spec.variational == "iaf" else 0):
             if t > 0:
@@ -155,7 +164,8 @@ class VAE:
         # z0 = loc + scale eps; -log q0 contributes +sum log scale
         d_loc = d_z.sum(axis=0)
         d_scale = (d_z * tp["eps"]).sum(axis=0) + d_log_w.sum(axis=0)[:, None] / tp["scale"]
-        d_out = [d_loc, d_scale * sigmoid(tp["scale_arg"])]
+        d_scale_arg = tp["scale"] if self.spec.encoder_scale == "exp" else sigmoid(tp["scale_arg"])
+        d_out = [d_loc, d_scale * d_scale_arg]
         if self.spec.variational == "iaf":
             d_out.append(d_context)
         self.mlp_backward("encoder", tp["x"], tp["enc_hidden"], np.concatenate(d_out, -1), grads)

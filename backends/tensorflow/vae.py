@@ -1,6 +1,7 @@
 """The VAE in TensorFlow: tf.Variables under canonical names, the math of backends/numpy/vae.py read top to bottom.
 
     q0:   z = loc + softplus(scale_arg) * eps,        log q = sum(-eps^2/2 - log scale - log(2 pi)/2)
+          (exp(scale_arg) for the scale with --encoder-scale exp)
     IAF:  [m | s] = MADE(z, context), sigma = sigmoid(s + 2), z <- sigma z + (1 - sigma) m, log q -= sum log sigma
     log w = log p(x|z) + log p(z) - log q(z|x)
 """
@@ -85,9 +86,13 @@ class VAE(tf.Module):
         x, L = tf.cast(x, self.dtype), self.spec.latent_size
         out = self.encoder(x)
         loc, scale_arg, context = out[:, :L], out[:, L:2 * L], out[:, 2 * L:]
-        scale = tf.math.softplus(scale_arg)
+        if self.spec.encoder_scale == "exp":  # its log is scale_arg itself
+            scale, log_scale = tf.exp(scale_arg), scale_arg
+        else:
+            scale = tf.math.softplus(scale_arg)
+            log_scale = tf.math.log(scale)
         z = loc + scale * eps
-        log_q_z = tf.reduce_sum(-0.5 * tf.square(eps) - tf.math.log(scale) - HALF_LOG_2PI, -1)
+        log_q_z = tf.reduce_sum(-0.5 * tf.square(eps) - log_scale - HALF_LOG_2PI, -1)
         for t, step in enumerate(self.flow):
             z, minus_log_det = step(tf.reverse(z, [-1]) if t > 0 else z, context)  # alternate the order
             log_q_z += minus_log_det

@@ -86,6 +86,7 @@ class VAE(nn.Module):
     def __init__(self, spec: Spec):
         super().__init__()
         self.latent_size = L = spec.latent_size
+        self.encoder_scale = spec.encoder_scale
         self.encoder = MLP([N_PIXELS, *spec.encoder, spec.encoder_out], spec.activation)
         self.decoder = MLP([L, *spec.decoder, N_PIXELS], spec.activation)
         steps = spec.flow_steps if spec.variational == "iaf" else 0
@@ -95,9 +96,13 @@ class VAE(nn.Module):
         L = self.latent_size
         out = self.encoder(x)
         loc, scale_arg, context = out[:, :L], out[:, L:2 * L], out[:, 2 * L:]
-        scale = softplus(scale_arg)
+        if self.encoder_scale == "exp":  # its log is scale_arg itself
+            scale, log_scale = scale_arg.exp(), scale_arg
+        else:
+            scale = softplus(scale_arg)
+            log_scale = scale.log()
         z = loc + scale * eps
-        log_q_z = (-0.5 * eps.square() - scale.log() - HALF_LOG_2PI).sum(-1)
+        log_q_z = (-0.5 * eps.square() - log_scale - HALF_LOG_2PI).sum(-1)
         for t, step in enumerate(self.flow):
             z, minus_log_det = step(z.flip(-1) if t > 0 else z, context)
             log_q_z = log_q_z + minus_log_det
