@@ -192,12 +192,35 @@ def profile(path: str, top: int = 8) -> str:
 # Burda, Grosse & Salakhutdinov (2016), appendix: the statically binarized MNIST, one stochastic layer (784-200-200-50,
 # tanh), test log p(x) with K = 5000; keyed by the objective and k a run trains with
 BURDA = {("elbo", 1): ("VAE", -88.71), ("iwae", 5): ("IWAE, k = 5", -87.63), ("iwae", 50): ("IWAE, k = 50", -87.10)}
+BURDA_VARIES = {"objective", "train_k", "seed"}  # what a run of Burda's table may set apart from the burda preset
 LITERATURE_BACKENDS = ("torch", "jax", "tensorflow")
 
 
 def duration(seconds: float) -> str:
     hours, minutes = divmod(round(seconds / 60), 60)
     return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min"
+
+
+def setting_changes(spec: dict, against: dict) -> dict:
+    """The settings of spec that differ from against, {name: value}; a setting a run's spec predates is its default."""
+    from common.spec import Spec
+
+    mine, theirs = Spec.from_dict(spec).to_dict(), Spec.from_dict(against).to_dict()
+    return {k: v for k, v in mine.items() if v != theirs[k]}
+
+
+def flags(changes: dict) -> str:
+    """{"adam_beta1": 0.99} -> "--adam-beta1 0.99", as the command line sets them."""
+    def value(v) -> str:
+        return ",".join(map(str, v)) if isinstance(v, list | tuple) else f"{v:g}" if isinstance(v, float) else str(v)
+
+    return " ".join(f"--{k.replace('_', '-')} {value(v)}" for k, v in changes.items())
+
+
+def burda_preset() -> dict:
+    from common.spec import PRESETS
+
+    return dict(PRESETS["burda"])
 
 
 def literature(paths: str) -> str:
@@ -215,7 +238,8 @@ def literature(paths: str) -> str:
         prov = results["provenance"]
         for r in results["runs"]:
             key = (r["spec"]["objective"], r["spec"]["train_k"])
-            if r["status"] != "ok" or key not in BURDA or r["spec"]["lr_schedule"] != "burda":
+            if (r["status"] != "ok" or key not in BURDA
+                    or set(setting_changes(r["spec"], burda_preset())) - BURDA_VARIES):  # an ablation: not the paper's
                 continue
             name, paper = BURDA[key]
             finished[key].add(r["backend"])
@@ -251,9 +275,41 @@ def between_backends(name: str, arrays: dict) -> str:
             + "; ".join(parts) + ".")
 
 
+def ablation(paths: str) -> str:
+    """Finished runs that each change settings of the first one (comma-separated run folders, the first run of each):
+    what each changes, its test log p(x), and its difference from the first paired over the same test images, with
+    the 95% interval of evaluation noise (one training run each, so the spread of training across seeds is not in
+    it), active units, the step of the best validation check and the training time."""
+    from common.metrics import paired_difference
+
+    header = ["run", "changes from the first", "test log p(x) ± s.e. (K)", "− first, paired (95%)", "active units",
+              "best check", "training time", "commit"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    first = None
+    for folder in paths.split(","):
+        results = load(folder, "results.json")
+        r = next(r for r in results["runs"] if r["status"] == "ok")
+        arrays = np.load(run_folder(ROOT / folder, r) / "test_per_example.npz")
+        t, units = r["test"], r["active_units"]
+        if first is None:
+            first, changes, versus = (r, arrays), "—", "—"
+        else:
+            changes = flags(setting_changes(r["spec"], first[0]["spec"])) or "nothing"
+            if r["backend"] != first[0]["backend"]:
+                changes = f"backend {r['backend']}" + ("" if changes == "nothing" else f"; {changes}")
+            if not np.array_equal(arrays["rows"], first[1]["rows"]):
+                raise ValueError(f"{folder} and {paths.split(',')[0]} were tested on different images")
+            diff, se = paired_difference(arrays["log_px"], first[1]["log_px"])
+            versus = f"{signed(diff)} [{signed(diff - 1.96 * se)}, {signed(diff + 1.96 * se)}]"
+        lines.append(f"| `{folder}` | {changes} | {t['log_px']:.2f} ± {t['log_px_se']:.2f} ({t['k']}) | {versus} | "
+                     f"{units['count']} of {units['of']} | {r['best_step']:,} of {r['spec']['steps']:,} | "
+                     f"{duration(r['timing']['train_seconds'])} | {results['provenance']['commit'][:7]} |")
+    return "\n".join(lines)
+
+
 KINDS: dict[str, Callable[[str], str]] = {"run-table": run_table, "model-table": model_table, "headline": headline,
                                           "bench": bench, "bench-pairs": paired_rows, "peak": peak,
-                                          "profile": profile, "literature": literature}
+                                          "profile": profile, "literature": literature, "ablation": ablation}
 
 
 def render(text: str) -> str:

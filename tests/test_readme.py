@@ -186,13 +186,16 @@ def test_the_burda_shape_paragraphs_figures_are_the_benchmark_and_the_optimizer_
 
 
 def test_the_literature_block_sets_each_finished_burda_run_beside_the_papers_number(tmp_path):
+    from common.spec import PRESETS
+
+    preset = {k: list(v) if isinstance(v, tuple) else v for k, v in PRESETS["burda"].items()}
     rng = np.random.default_rng(0)
     rows = np.arange(10_000)
     base = -89.0 + rng.standard_normal(10_000) * 25  # per-image log p(x): the spread of real ones
 
     def run(backend, objective, k, log_px, status="ok", schedule="burda"):
         return dict(status=status, backend=backend, family="mean-field", folder=f"{backend}-{objective}{k}",
-                    spec=dict(objective=objective, train_k=k, lr_schedule=schedule, steps=8_200_000),
+                    spec=preset | dict(objective=objective, train_k=k, lr_schedule=schedule),
                     test=dict(log_px=log_px, log_px_se=0.27, k=5000), active_units=dict(count=21, of=50),
                     timing=dict(train_seconds=2 * 3600 + 5 * 60, wall_seconds=3 * 3600 + 59.6 * 60))
     runs = [run("jax", "elbo", 1, -89.034), run("torch", "elbo", 1, -80.0, status="failed"),
@@ -279,3 +282,44 @@ def test_the_training_set_figures_under_the_literature_block_are_the_committed_e
     text = " ".join(README.split())
     assert f"score {scores[0]} and {scores[1]}, {gaps[0]} and {gaps[1]} nats above their test figures (± {ses[0]} " \
         f"and {ses[1]}, the two standard errors combined)" in text
+
+
+def test_an_ablation_block_sets_each_change_beside_the_first_run_paired_and_the_literature_leaves_it_out(tmp_path):
+    from common.spec import PRESETS
+
+    rng = np.random.default_rng(1)
+    rows = np.arange(10_000)
+    base = -89.0 + rng.standard_normal(10_000) * 25
+    noise = rng.standard_normal(10_000)
+    preset = {k: list(v) if isinstance(v, tuple) else v for k, v in PRESETS["burda"].items()}
+    settings = {"a": ("jax", preset, base, 7_175_000),
+                "b": ("jax", preset | dict(optimizer="adam-burda", adam_beta1=0.99), base + 0.3 + noise, 8_200_000),
+                "c": ("tensorflow", preset | dict(encoder_scale="exp"), base - 0.01 + noise, 6_150_000)}
+    for name, (backend, spec, log_px, best) in settings.items():
+        run = dict(status="ok", backend=backend, family="mean-field", folder=f"{backend}-mean-field",
+                   spec=spec | dict(objective="elbo", train_k=1), best_step=best,
+                   test=dict(log_px=float(log_px.mean()), log_px_se=0.25, k=5000), active_units=dict(count=15, of=50),
+                   timing=dict(train_seconds=2 * 3600 + 30 * 60, wall_seconds=3 * 3600))
+        (tmp_path / name / run["folder"]).mkdir(parents=True)
+        (tmp_path / name / "results.json").write_text(json.dumps(dict(
+            runs=[run], environment=dict(cpu="AMD EPYC", cpu_count=2), provenance=dict(commit="616ae0b8668"))))
+        np.savez(tmp_path / name / run["folder"] / "test_per_example.npz", log_px=log_px, elbo=log_px - 5, rows=rows)
+    a, b, c = (str(tmp_path / n) for n in "abc")
+    lines = readme.ablation(f"{a},{b},{c}").splitlines()
+    half = 1.96 * noise.std(ddof=1) / np.sqrt(10_000)
+    for_b, for_c = noise.mean() + 0.3, noise.mean() - 0.01
+    assert lines[2:] == [
+        f"| `{a}` | — | {base.mean():.2f} ± 0.25 (5000) | — | 15 of 50 | 7,175,000 of 8,200,000 | 2 h 30 min | "
+        "616ae0b |",
+        f"| `{b}` | --optimizer adam-burda --adam-beta1 0.99 | {base.mean() + 0.3 + noise.mean():.2f} ± 0.25 (5000) | "
+        f"{readme.signed(for_b)} [{readme.signed(for_b - half)}, {readme.signed(for_b + half)}] | 15 of 50 | "
+        "8,200,000 of 8,200,000 | 2 h 30 min | 616ae0b |",
+        f"| `{c}` | backend tensorflow; --encoder-scale exp | {base.mean() - 0.01 + noise.mean():.2f} ± 0.25 (5000) | "
+        f"{readme.signed(for_c)} [{readme.signed(for_c - half)}, {readme.signed(for_c + half)}] | 15 of 50 | "
+        "6,150,000 of 8,200,000 | 2 h 30 min | 616ae0b |"]
+    table = [line for line in readme.literature(f"{a},{b},{c}").splitlines() if line.startswith("| VAE")]
+    assert len(table) == 1 and f"`{a}`" in table[0]  # the runs that change the paper's setting are not its rows
+    np.savez(tmp_path / "c" / "tensorflow-mean-field" / "test_per_example.npz", log_px=base, elbo=base,
+             rows=rows[::-1])
+    with pytest.raises(ValueError, match="tested on different images"):
+        readme.ablation(f"{a},{b},{c}")
