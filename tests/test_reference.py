@@ -151,6 +151,30 @@ def test_exp_encoder_scale_is_the_gaussian_density_of_sigma_exp_a(rng):
         Spec(model="fa", encoder_scale="exp")
 
 
+def test_the_seeds_estimator_takes_the_kl_of_the_encoders_own_scale(rng):
+    """The seed's estimator, logmeanexp_k log p(x|z_k) - KL(q || p), with q's scale exp(a) under --encoder-scale exp:
+    KL = sum(loc^2 + exp(2a) - 1 - 2a) / 2, written out here."""
+    from types import SimpleNamespace
+
+    from common import streams
+    from common.models import vae as description
+
+    spec = Spec(encoder_scale="exp", encoder=(12,), decoder=(12,), latent_size=4)
+    params = random_params(spec, rng)
+    x = (rng.random((6, 784)) < 0.3).astype(float)
+    extra = description.extra_metrics(None, vae, spec, params, SimpleNamespace(test=x), np.arange(6))
+    eps = np.random.default_rng(streams.seed_of(spec.seed, "test", 2)).standard_normal(
+        (description.SEED_ESTIMATOR_K, 6, 4))
+    model = vae.VAE(spec, params)
+    model.forward(x, eps)
+    logits = model.tape["logits"]
+    out = model.mlp("encoder", x)[0]
+    loc, a = out[:, :4], out[:, 4:]
+    kl = 0.5 * np.sum(loc**2 + np.exp(2 * a) - 1 - 2 * a, -1)
+    expected = vae.logmeanexp(np.sum(x * logits - np.logaddexp(0, logits), -1), axis=0) - kl
+    assert extra[f"seed's estimator (K={description.SEED_ESTIMATOR_K})"] == pytest.approx(expected.mean(), rel=1e-12)
+
+
 def test_flow_starts_near_identity():
     """Zero MADE output layer: sigma = sigmoid(2), m = 0, so z_T = sigmoid(2)^T z_0 (reversed)."""
     spec = Spec(variational="iaf", **TINY)

@@ -54,8 +54,9 @@ def extra_metrics(backend, reference, spec: Spec, params: dict, dataset, test_ro
     log_w = model.forward(x, eps)
     log_p_x_given_z = np.sum(x * model.tape["logits"] - vae.softplus(model.tape["logits"]), axis=-1)
     out = model.mlp("encoder", x)[0]
-    loc, scale = out[:, :spec.latent_size], vae.softplus(out[:, spec.latent_size:2 * spec.latent_size])
-    kl = 0.5 * np.sum(loc**2 + scale**2 - 1.0 - 2.0 * np.log(scale), axis=-1)
+    loc = out[:, :spec.latent_size]
+    scale, log_scale = vae.encoder_scale(spec, out[:, spec.latent_size:2 * spec.latent_size])
+    kl = 0.5 * np.sum(loc**2 + scale**2 - 1.0 - 2.0 * log_scale, axis=-1)
     seed = vae.logmeanexp(log_p_x_given_z, axis=0) - kl
     iwae = vae.logmeanexp(log_w, axis=0)
     return {f"seed's estimator (K={SEED_ESTIMATOR_K})": float(seed.mean()),
