@@ -48,8 +48,11 @@ def columns(results: dict, model: str | None = None) -> list[str]:
     return names[:at] + extra_columns(runs) + names[at:]
 
 
-def header(name: str, model: str | None) -> str:
-    """A column's name as printed: log p(x) is what the model's evaluation estimates (log p(y|x) for the CVAE)."""
+def header(name: str, model: str | None, split: str = "test") -> str:
+    """A column's name as printed: log p(x) is what the model's evaluation estimates (log p(y|x) for the CVAE),
+    and "test" the split evaluated (`compare.py evaluate --split train` fills the columns with training images)."""
+    if name.startswith("test "):
+        name = f"{split} {name[len('test '):]}"
     return name.replace("log p(x)", metric(model)) if model else name
 
 
@@ -131,7 +134,7 @@ def text_table(results: dict) -> str:
     blocks = []
     for model in models(results):
         table, names = rows(results, model), columns(results, model)
-        shown = {c: header(c, model) for c in names}
+        shown = {c: header(c, model, results.get("split", "test")) for c in names}
         widths = {c: max(len(shown[c]), *(len(r.get(c, "–")) for r in table)) for c in names}
         lines = [f"== {label(model)} =="] if len(models(results)) > 1 else []
         lines.append("  ".join(shown[c].ljust(widths[c]) for c in names))
@@ -149,7 +152,7 @@ def markdown_table(results: dict, model: str | None = None) -> str:
     def escaped(text: str) -> str:  # a | inside a cell, as in log p(y|x), would end the cell
         return text.replace("|", "\\|")
 
-    lines = ["| " + " | ".join(escaped(header(c, model)) for c in names) + " |", "|" + "---|" * len(names)]
+    lines = ["| " + " | ".join(escaped(header(c, model, results.get("split", "test"))) for c in names) + " |", "|" + "---|" * len(names)]
     lines += ["| " + " | ".join(escaped(r.get(c, "–")) for c in names) + " |" for r in rows(results, model)]
     return "\n".join(lines)
 

@@ -592,8 +592,7 @@ def command_evaluate(argv: list[str]) -> int:
     results = dict(runs=runs, split=args.split, paired=summary.paired(runs, args.out),
                    command="python compare.py evaluate " + shlex.join(argv), provenance=code,
                    subsets=runs[0].get("subsets"))
-    print(f"\n{runs[0].get('test', {}).get('examples', '?')} images of the {args.split} split "
-          "(the table's test columns)" if args.split != "test" else "")
+    print(f"\n{runs[0].get('test', {}).get('examples', '?')} images of the {args.split} split")
     print(tables.text_table(results))
     (args.out / "evaluation.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
     print(f"\nwrote {args.out / 'evaluation.json'}")

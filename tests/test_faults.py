@@ -63,6 +63,10 @@ def test_saved_parameters_are_evaluated_on_the_split_asked_for(tmp_path):
         result = compare("evaluate", str(tmp_path / "params.safetensors"), *flags, "--split", split,
                          "--out", str(tmp_path / split))
         assert result.returncode == 0, result.stderr[-3000:]
+        # the printed table names the split its columns hold
+        header = next(line for line in result.stdout.splitlines() if line.startswith("family"))
+        other = {"train": "test", "test": "train"}[split]
+        assert f"{split} ELBO" in header and f"{split} log p(x)" in header and f"{other} ELBO" not in header
     (train,), (test,) = (json.loads((tmp_path / s / "evaluation.json").read_text())["runs"] for s in ("train", "test"))
     assert (train["split"], test["split"]) == ("train", "test")
     arrays = {s: np.load(tmp_path / s / "jax" / f"{s}_per_example.npz") for s in ("train", "test")}
