@@ -68,10 +68,9 @@ class BurdaAdam(Optimizer):
         b1, b2 = self.spec.adam_beta1, self.spec.adam_beta2
         m, v = slot["exp_avg"].read_value(), slot["exp_avg_sq"].read_value()
         step = lr * (tf.sqrt(1.0 - b2**t) / (1.0 - b1**t)) * m / (tf.sqrt(v) + self.spec.adam_eps)
-        with tf.control_dependencies([step]):
-            slot["exp_avg"].assign(b1 * m + (1.0 - b1) * g)
-            slot["exp_avg_sq"].assign(b2 * v + (1.0 - b2) * g * g)
-            return tf.identity(step)
+        slot["exp_avg"].assign(b1 * m + (1.0 - b1) * g)
+        slot["exp_avg_sq"].assign(b2 * v + (1.0 - b2) * g * g)
+        return step
 
 
 OPTIMIZERS = {"rmsprop": CenteredRMSprop, "adam": Adam, "adagrad": Adagrad, "adam-burda": BurdaAdam}
