@@ -233,16 +233,20 @@ def batches_per_epoch(n_examples: int, batch_size: int) -> int:
     return n_examples // batch_size  # the last partial batch of each epoch is dropped
 
 
-def batch_indices(n_examples: int, batch_size: int, seed: int, start: int, stop: int) -> np.ndarray:
+def batch_indices(n_examples: int, batch_size: int, seed: int, start: int, stop: int,
+                  order: str = "shuffled") -> np.ndarray:
     """Rows of example indices for steps [start, stop): shuffled epochs, one permutation each.
 
     Epoch e's permutation comes from SeedSequence((seed, e)), so any range of steps is
-    reproducible without replaying the ones before it (resume, chunked training).
+    reproducible without replaying the ones before it (resume, chunked training). order "fixed":
+    every epoch takes the examples in their order (Burda et al.'s code), whatever the seed.
     """
     per_epoch = batches_per_epoch(n_examples, batch_size)
     rows, perms = [], {}
     for step in range(start, stop):
         epoch, b = divmod(step, per_epoch)
+        if epoch not in perms and order == "fixed":
+            perms[epoch] = np.arange(n_examples)
         if epoch not in perms:
             perms[epoch] = np.random.default_rng(np.random.SeedSequence((seed, epoch))).permutation(n_examples)
         rows.append(perms[epoch][b * batch_size:(b + 1) * batch_size])

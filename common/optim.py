@@ -38,7 +38,9 @@ def learning_rates(spec: Spec, start: int, stop: int, n_train: int) -> np.ndarra
     steps = np.arange(start, stop)
     if spec.lr_schedule == "step":
         return spec.learning_rate * spec.lr_decay ** (steps // spec.lr_decay_every)
-    if spec.lr_schedule == "burda":
+    if spec.lr_schedule in ("burda", "burda-code"):
         epoch = steps // max(1, n_train // spec.batch_size)
+        if spec.lr_schedule == "burda-code":  # 10^(-i/7) to two significant digits, as Burda et al.'s code has it
+            return spec.learning_rate * np.round(10.0 ** (1 - burda_stage(epoch) / 7.0), 1) / 10
         return spec.learning_rate * 10.0 ** (-burda_stage(epoch) / 7.0)
     return np.full(len(steps), spec.learning_rate)

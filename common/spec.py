@@ -20,7 +20,8 @@ INITS = ("uniform", "glorot", "glorot-logit")  # PyTorch's nn.Linear rule | Glor
 # the same, with the VAE decoder's output bias at the logit of the mean training pixel (Burda et al.'s code)
 OBJECTIVES = ("elbo", "iwae")
 OPTIMIZERS = ("rmsprop", "adam", "adagrad", "adam-burda")
-SCHEDULES = ("constant", "step", "burda")
+SCHEDULES = ("constant", "step", "burda", "burda-code")  # burda-code: the stage rates rounded as in Burda et al.'s code
+ORDERS = ("shuffled", "fixed")  # the training images in a new order each pass | in file order every pass (Burda et al.'s code)
 DTYPES = ("float32", "float64")
 
 
@@ -44,6 +45,7 @@ class Spec:
     optimizer: str = "rmsprop"
     learning_rate: float = 1e-3
     lr_schedule: str = "constant"  # "step": x lr_decay every lr_decay_every steps; "burda": Burda et al.'s
+    # (common/optim.py: learning_rates)
     lr_decay: float = 0.1
     lr_decay_every: int = 0
     rmsprop_decay: float = 0.99
@@ -53,6 +55,7 @@ class Spec:
     adam_eps: float = 1e-8
     adagrad_eps: float = 1e-10
     batch_size: int = 128
+    batch_order: str = "shuffled"  # common/data.py: batch_indices
     steps: int = 30_000
     eval_every: int = 10_000  # validation log p(x) every this many steps
     eval_k: int = 1000  # importance samples for evaluation
@@ -81,7 +84,8 @@ class Spec:
         problems = []
         for name, allowed in (("model", MODELS), ("variational", FAMILIES), ("activation", ACTIVATIONS),
                               ("init", INITS), ("encoder_scale", SCALES), ("objective", OBJECTIVES),
-                              ("optimizer", OPTIMIZERS), ("lr_schedule", SCHEDULES), ("dtype", DTYPES)):
+                              ("optimizer", OPTIMIZERS), ("lr_schedule", SCHEDULES), ("batch_order", ORDERS),
+                              ("dtype", DTYPES)):
             if getattr(self, name) not in allowed:
                 problems.append(f"{name.replace('_', '-')} must be one of {', '.join(allowed)}, "
                                 f"got {getattr(self, name)!r}")
@@ -159,6 +163,8 @@ class Spec:
                              f"{self.adam_beta2:g}, eps {self.adam_eps:g}, v from 1)"}[self.optimizer]
         if self.lr_schedule != "constant":
             opt += f", {self.lr_schedule} schedule"
+        if self.batch_order == "fixed":
+            opt += ", images in file order"
         objective = "ELBO" if self.objective == "elbo" else "IWAE bound"
         if self.train_k > 1:
             objective += f" (k = {self.train_k})"

@@ -95,7 +95,8 @@ def time_configuration(name: str, spec: Spec, train_x: np.ndarray, test_x: np.nd
     steps = job["window_steps"]
     windows = []
     for w in range(job["windows"] + 1):  # window 0: warm-up (compilation)
-        indices = data.batch_indices(len(train_x), spec.batch_size, spec.seed, w * steps, (w + 1) * steps)
+        indices = data.batch_indices(len(train_x), spec.batch_size, spec.seed, w * steps, (w + 1) * steps,
+                                     spec.batch_order)
         probe = LoadProbe()
         start = time.perf_counter()
         value = backend.train(indices)

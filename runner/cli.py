@@ -72,8 +72,9 @@ SPEC_FLAGS: dict[str, tuple[str, object, str]] = {
                     "al.'s code: second moments start at 1, each step uses the moments from before it; their code "
                     "runs it with --adam-beta1 0.99) [rmsprop]"),
     "--learning-rate": ("learning_rate", float, "learning rate [1e-3]"),
-    "--lr-schedule": ("lr_schedule", str, "constant, step (x lr-decay every lr-decay-every steps) or burda "
-                                          "(stages of 3^i passes at lr * 10^(-i/7)) [constant]"),
+    "--lr-schedule": ("lr_schedule", str, "constant, step (x lr-decay every lr-decay-every steps), burda "
+                                          "(stages of 3^i passes at lr * 10^(-i/7)) or burda-code (the same, "
+                                          "10^(-i/7) to two significant digits as Burda et al.'s code) [constant]"),
     "--lr-decay": ("lr_decay", float, "factor of the step schedule [0.1]"),
     "--lr-decay-every": ("lr_decay_every", int, "steps between decays of the step schedule"),
     "--adam-beta1": ("adam_beta1", float, "Adam's beta1 [0.9]"),
@@ -83,6 +84,8 @@ SPEC_FLAGS: dict[str, tuple[str, object, str]] = {
     "--rmsprop-eps": ("rmsprop_eps", float, "RMSprop's eps, outside the square root [1e-8]"),
     "--adagrad-eps": ("adagrad_eps", float, "Adagrad's eps, outside the square root [1e-10]"),
     "--batch-size": ("batch_size", int, "examples per step [128]"),
+    "--batch-order": ("batch_order", str, "shuffled (a new order of the training images each pass, from the seed) "
+                                          "or fixed (file order every pass, as Burda et al.'s code) [shuffled]"),
     "--steps": ("steps", int, "training steps"),
     "--eval-every": ("eval_every", int, "validate every this many steps"),
     "--eval-k": ("eval_k", int, "importance samples K for log p(x)"),

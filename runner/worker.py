@@ -227,7 +227,8 @@ def train_and_evaluate(backend_name: str, spec: Spec, dataset: data.Dataset, out
     bar = progress_bar(spec.steps, f"{backend_name} {family_name(spec)}", show=main)
     bar.update(loop["step"])
     for start in range(loop["step"], spec.steps, window):
-        indices = data.batch_indices(len(dataset.train), spec.batch_size, spec.seed, start, start + window)
+        indices = data.batch_indices(len(dataset.train), spec.batch_size, spec.seed, start, start + window,
+                                     spec.batch_order)
         probe = LoadProbe()
         t0 = time.perf_counter()
         train_value = backend.train(indices)

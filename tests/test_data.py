@@ -149,6 +149,13 @@ def test_batch_stream_is_reproducible_and_seeded():
     np.testing.assert_array_equal(data.batch_indices(1000, 100, 0, 13, 20), a[13:20])  # random access
 
 
+def test_a_fixed_batch_order_takes_the_examples_in_file_order_every_pass():
+    """--batch-order fixed (Burda et al.'s code): every epoch is 0, 1, ..., n-1 in batches, whatever the seed."""
+    a = data.batch_indices(1000, 100, seed=0, start=0, stop=25, order="fixed")
+    np.testing.assert_array_equal(a, np.tile(np.arange(1000).reshape(10, 100), (3, 1))[:25])
+    np.testing.assert_array_equal(data.batch_indices(1000, 100, 1, 13, 20, order="fixed"), a[13:20])
+
+
 def test_batch_larger_than_training_set_is_refused():
     with pytest.raises(ValueError, match="exceeds"):
         data.batch_indices(100, 128, 0, 0, 1)

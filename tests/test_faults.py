@@ -145,6 +145,26 @@ def test_resumed_run_ends_where_the_uninterrupted_run_ends_float64(tmp_path, dat
         assert [v["step"] for v in resumed["validation"]] == [20, 40, 60]
 
 
+@pytest.mark.parametrize("order", ["shuffled", "fixed"])
+def test_a_run_trains_on_the_batch_order_its_spec_names(tmp_path, dataset, monkeypatch, order):
+    """The training loop hands the backend the batches of spec.batch_order: file order every pass under fixed,
+    the seed's permutations under shuffled."""
+    from backends.numpy.engine import Backend
+    from common import data
+    from runner.worker import train_and_evaluate
+
+    seen = []
+    original = Backend.train
+    monkeypatch.setattr(Backend, "train", lambda self, indices, noise=None: seen.append(indices) or
+                        original(self, indices, noise))
+    spec = Spec(encoder=(8,), decoder=(8,), latent_size=2, batch_size=25_000, steps=4, eval_every=4, eval_k=2,
+                valid_examples=20, test_examples=20, batch_order=order, dtype="float64")
+    assert train_and_evaluate("numpy", spec, dataset, tmp_path, checkpoint_every=2)["status"] == "ok"
+    trained = np.concatenate(seen)
+    np.testing.assert_array_equal(trained, data.batch_indices(50_000, 25_000, 0, 0, 4, order))
+    assert np.array_equal(trained.ravel(), np.tile(np.arange(50_000), 2)) == (order == "fixed")
+
+
 def test_non_finite_loss_stops_naming_the_steps_and_keeps_the_last_checkpoint(tmp_path, dataset):
     from runner.worker import NonFiniteLoss, load_checkpoint, train_and_evaluate
 

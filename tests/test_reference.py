@@ -298,6 +298,19 @@ def test_burda_schedule_stages_are_3_to_the_i_passes():
     assert spec.steps == 3280 * per_epoch  # the whole schedule: sum of 3^i for i = 0..7 passes
 
 
+def test_burda_code_schedule_rounds_each_stage_rate_to_two_digits():
+    """Burda et al.'s code: stage i at 1e-4 * round(10^(1 - i/7), 1), the preset's stages otherwise."""
+    spec = Spec(**PRESETS["burda"]).replace(lr_schedule="burda-code")
+    per_epoch = 50_000 // 20
+    starts = [(3**i - 1) // 2 * per_epoch for i in range(8)]
+    rates = learning_rates(spec, 0, spec.steps, 50_000)
+    assert list(rates[starts]) == pytest.approx([1e-3, 7.2e-4, 5.2e-4, 3.7e-4, 2.7e-4, 1.9e-4, 1.4e-4, 1e-4],
+                                                rel=1e-12)
+    exact = learning_rates(spec.replace(lr_schedule="burda"), 0, spec.steps, 50_000)
+    assert np.all(np.abs(rates / exact - 1) < 0.016) and np.all(np.diff(np.flatnonzero(np.diff(rates))) > 0)
+    np.testing.assert_array_equal(np.flatnonzero(np.diff(rates)), np.flatnonzero(np.diff(exact)))
+
+
 def test_step_schedule_decays_every_interval():
     spec = Spec(lr_schedule="step", lr_decay=0.5, lr_decay_every=10, learning_rate=0.1)
     rates = learning_rates(spec, 5, 25, 50_000)
