@@ -8,6 +8,9 @@ every other backend. Initialisation rules (spec.init):
   glorot-logit  glorot, and the VAE decoder's output bias at the logit of the training images' mean pixel
            (clipped to [0.001, 0.999]), so that the untrained model already predicts each pixel's frequency:
            Burda et al.'s code; the one draw that reads the data
+  burda-code  glorot-logit drawn as Burda et al.'s code draws it: every kernel from a generator started afresh
+           at the seed, so that kernels of one shape start equal, and the VAE encoder's output kernel as their
+           two heads (q's mean and scale, each fan_out L), equal to each other
 """
 
 from __future__ import annotations
@@ -41,7 +44,9 @@ def init_params(spec: Spec, seed: int | None = None, train: np.ndarray | None = 
     rng = np.random.default_rng(spec.seed if seed is None else seed)
     params: dict[str, np.ndarray] = {}
     for layer in model.layers(spec):
-        if spec.init in ("glorot", "glorot-logit"):
+        if spec.init == "burda-code":
+            params |= burda_code_layer(spec, layer, spec.seed if seed is None else seed)
+        elif spec.init in ("glorot", "glorot-logit"):
             bound = np.sqrt(6.0 / (layer.fan_in + layer.fan_out))
             params[layer.kernel] = rng.uniform(-bound, bound, size=(layer.fan_in, layer.fan_out))
             if layer.bias:
@@ -56,12 +61,23 @@ def init_params(spec: Spec, seed: int | None = None, train: np.ndarray | None = 
             params[f"{layer.name}.bias"][:] = 0.0
     for name, mask in model.masks(spec).items():
         params[name] = params[name] * mask
-    if spec.init == "glorot-logit":
+    if spec.init in ("glorot-logit", "burda-code"):
         if train is None:
-            raise ValueError("init glorot-logit sets the output bias from the training images: pass them")
+            raise ValueError(f"init {spec.init} sets the output bias from the training images: pass them")
         mean = np.clip(np.mean(train, axis=0, dtype=np.float64), 0.001, 0.999)
         params[f"decoder.l{len(spec.decoder)}.bias"] = np.log(mean) - np.log1p(-mean)
     return params
+
+
+def burda_code_layer(spec: Spec, layer, seed: int) -> dict[str, np.ndarray]:
+    """One layer of init burda-code: Glorot's uniform kernel from np.random.default_rng(seed) started afresh,
+    zero bias; the encoder's output layer [loc | scale_arg] as two such (fan_in, L) kernels side by side."""
+    heads = 2 if layer.name == f"encoder.l{len(spec.encoder)}" else 1
+    fan_out = layer.fan_out // heads
+    bound = np.sqrt(6.0 / (layer.fan_in + fan_out))
+    kernel = np.concatenate([np.random.default_rng(seed).uniform(-bound, bound, size=(layer.fan_in, fan_out))
+                             for _ in range(heads)], axis=1)
+    return {layer.kernel: kernel} | ({f"{layer.name}.bias": np.zeros(layer.fan_out)} if layer.bias else {})
 
 
 def check_params(spec: Spec, params: dict[str, np.ndarray]) -> None:

@@ -16,8 +16,9 @@ MODELS = ("vae", "fa", "cvae", "gmvae", "vrnn")  # common/models/<model>.py desc
 FAMILIES = ("mean-field", "iaf")
 ACTIVATIONS = ("relu", "tanh", "softplus")
 SCALES = ("softplus", "exp")  # q(z|x)'s scale from the encoder's output a: softplus(a) | exp(a) (Burda et al.)
-INITS = ("uniform", "glorot", "glorot-logit")  # PyTorch's nn.Linear rule | Glorot & Bengio (2010), zero biases |
-# the same, with the VAE decoder's output bias at the logit of the mean training pixel (Burda et al.'s code)
+INITS = ("uniform", "glorot", "glorot-logit", "burda-code")  # PyTorch's nn.Linear rule | Glorot & Bengio (2010),
+# zero biases | the same, with the VAE decoder's output bias at the logit of the mean training pixel (Burda et al.'s
+# code) | that, drawn as their code draws it (common/params.py)
 OBJECTIVES = ("elbo", "iwae")
 OPTIMIZERS = ("rmsprop", "adam", "adagrad", "adam-burda")
 SCHEDULES = ("constant", "step", "burda", "burda-code")  # burda-code: the stage rates rounded as in Burda et al.'s code
@@ -103,8 +104,10 @@ class Spec:
             problems.append(f"flow-steps and flow-hidden must be >= 0, got {self.flow_steps}, {self.flow_hidden}")
         if self.encoder_scale != "softplus" and self.model != "vae":
             problems.append(f"encoder-scale {self.encoder_scale} is a VAE option; model {self.model} has softplus only")
-        if self.init == "glorot-logit" and self.model != "vae":
-            problems.append(f"init glorot-logit sets the VAE decoder's output bias; model {self.model} has none")
+        if self.init in ("glorot-logit", "burda-code") and self.model != "vae":
+            problems.append(f"init {self.init} sets the VAE decoder's output bias; model {self.model} has none")
+        if self.init == "burda-code" and self.variational != "mean-field":
+            problems.append("init burda-code draws the mean-field encoder's two heads; the IAF's output has three")
         if self.learning_rate <= 0:
             problems.append(f"learning-rate must be > 0, got {self.learning_rate}")
         if self.lr_schedule == "step" and (self.lr_decay_every <= 0 or not 0 < self.lr_decay <= 1):

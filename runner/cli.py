@@ -63,9 +63,10 @@ SPEC_FLAGS: dict[str, tuple[str, object, str]] = {
     "--flow-hidden": ("flow_hidden", int, "width of the IAF's MADE layers [the encoder's last width]"),
     "--encoder-scale": ("encoder_scale", str, "the VAE's q(z|x) scale from the encoder's output a: softplus(a), or "
                         "exp(a) as Burda et al. [softplus]"),
-    "--init": ("init", str, "initial parameters: uniform (PyTorch's nn.Linear rule), glorot, or glorot-logit "
-              "(glorot, the decoder's output bias at the logit of the mean training pixel, as Burda et al.'s code) "
-              "[uniform]"),
+    "--init": ("init", str, "initial parameters: uniform (PyTorch's nn.Linear rule), glorot, glorot-logit "
+              "(glorot, the decoder's output bias at the logit of the mean training pixel, as Burda et al.'s code), "
+              "or burda-code (glorot-logit drawn as their code draws it: every kernel from the seed afresh, so "
+              "that kernels of one shape start equal, q's mean and scale heads among them) [uniform]"),
     "--objective": ("objective", str, "elbo or iwae (the importance-weighted bound) [elbo]"),
     "--train-k": ("train_k", int, "samples per example in training (IWAE's k) [1]"),
     "--optimizer": ("optimizer", str, "rmsprop (centered), adam, adagrad, or adam-burda (the Adam of Burda et "

@@ -231,6 +231,34 @@ def test_glorot_logit_init_starts_the_decoder_at_each_pixels_frequency():
     with pytest.raises(ValueError, match="model fa has none"):
         Spec(model="fa", init="glorot-logit")
 
+def test_burda_code_init_draws_every_kernel_afresh_from_the_seed_and_the_two_heads_equal():
+    """Burda et al.'s code draws each layer from a generator started at one seed: kernels of one shape start
+    equal (the encoder's and decoder's 200 x 200; q's mean and scale heads, 200 x 50 each, Glorot's bound for
+    fan_out 50), the decoder's 200 x 784 is the encoder's 784 x 200 draw reshaped; biases are glorot-logit's."""
+    from common import data
+
+    train = data.load().train
+    spec = Spec(**{**PRESETS["burda"], "init": "burda-code"})
+    params, logit = init_params(spec, train=train), init_params(spec.replace(init="glorot-logit"), train=train)
+    assert set(params) == set(logit)
+    head = params["encoder.l2.kernel"]
+    np.testing.assert_array_equal(head[:, :50], head[:, 50:])
+    np.testing.assert_array_equal(params["encoder.l1.kernel"], params["decoder.l1.kernel"])
+    np.testing.assert_array_equal(params["encoder.l0.kernel"].ravel(), params["decoder.l2.kernel"].ravel())
+    first = np.random.default_rng(0).uniform(-np.sqrt(6 / 984), np.sqrt(6 / 984), size=(784, 200))
+    np.testing.assert_array_equal(params["encoder.l0.kernel"], first)
+    assert np.sqrt(6 / 300) < np.abs(head).max() <= np.sqrt(6 / 250)
+    for name in logit:
+        if name.endswith(".bias"):
+            np.testing.assert_array_equal(params[name], logit[name])
+    other = init_params(spec.replace(seed=1), train=train)
+    assert not np.array_equal(other["encoder.l1.kernel"], params["encoder.l1.kernel"])
+    with pytest.raises(ValueError, match="training images"):
+        init_params(spec)
+    with pytest.raises(ValueError, match="two heads"):
+        Spec(**{**PRESETS["burda"], "init": "burda-code", "variational": "iaf"})
+
+
 # --- the optimizers against their formulas, one step at a time from a known state ---
 
 def one_step(optimizer: str, t: int, **spec_changes):
