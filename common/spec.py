@@ -22,7 +22,7 @@ INITS = ("uniform", "glorot", "glorot-logit", "burda-code")  # PyTorch's nn.Line
 OBJECTIVES = ("elbo", "iwae")
 OPTIMIZERS = ("rmsprop", "adam", "adagrad", "adam-burda")
 SCHEDULES = ("constant", "step", "burda", "burda-code")  # burda-code: the stage rates rounded as in Burda et al.'s code
-ORDERS = ("shuffled", "fixed")  # the training images in a new order each pass | in file order every pass (Burda et al.'s code)
+ORDERS = ("shuffled", "fixed")  # a new order of the training images each pass | file order every pass (Burda et al.)
 DTYPES = ("float32", "float64")
 
 

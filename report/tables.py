@@ -152,7 +152,8 @@ def markdown_table(results: dict, model: str | None = None) -> str:
     def escaped(text: str) -> str:  # a | inside a cell, as in log p(y|x), would end the cell
         return text.replace("|", "\\|")
 
-    lines = ["| " + " | ".join(escaped(header(c, model, results.get("split", "test"))) for c in names) + " |", "|" + "---|" * len(names)]
+    split = results.get("split", "test")
+    lines = ["| " + " | ".join(escaped(header(c, model, split)) for c in names) + " |", "|" + "---|" * len(names)]
     lines += ["| " + " | ".join(escaped(r.get(c, "–")) for c in names) + " |" for r in rows(results, model)]
     return "\n".join(lines)
 
