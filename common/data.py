@@ -245,9 +245,8 @@ def batch_indices(n_examples: int, batch_size: int, seed: int, start: int, stop:
     rows, perms = [], {}
     for step in range(start, stop):
         epoch, b = divmod(step, per_epoch)
-        if epoch not in perms and order == "fixed":
-            perms[epoch] = np.arange(n_examples)
         if epoch not in perms:
-            perms[epoch] = np.random.default_rng(np.random.SeedSequence((seed, epoch))).permutation(n_examples)
+            perms[epoch] = np.arange(n_examples) if order == "fixed" else \
+                np.random.default_rng(np.random.SeedSequence((seed, epoch))).permutation(n_examples)
         rows.append(perms[epoch][b * batch_size:(b + 1) * batch_size])
     return np.asarray(rows, dtype=np.int64).reshape(stop - start, batch_size)

@@ -41,11 +41,12 @@ def init_params(spec: Spec, seed: int | None = None, train: np.ndarray | None = 
     """float64 arrays; a backend casts them to its dtype. Masked kernel entries are stored as 0. train: the
     training images, which glorot-logit needs (ValueError without them)."""
     model = family(spec)
-    rng = np.random.default_rng(spec.seed if seed is None else seed)
+    seed = spec.seed if seed is None else seed
+    rng = np.random.default_rng(seed)
     params: dict[str, np.ndarray] = {}
     for layer in model.layers(spec):
         if spec.init == "burda-code":
-            params |= burda_code_layer(spec, layer, spec.seed if seed is None else seed)
+            params |= burda_code_layer(spec, layer, seed)
         elif spec.init in ("glorot", "glorot-logit"):
             bound = np.sqrt(6.0 / (layer.fan_in + layer.fan_out))
             params[layer.kernel] = rng.uniform(-bound, bound, size=(layer.fan_in, layer.fan_out))
