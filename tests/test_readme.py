@@ -281,22 +281,43 @@ def test_the_prose_under_the_literature_block_says_what_the_finished_runs_show()
 
 def test_the_training_set_figures_under_the_literature_block_are_the_committed_evaluations():
     """Train log p(x) of the finished Burda runs (compare.py evaluate --split train) and its distance above the
-    test figure, as the README states them."""
-    names = {"jax": "JAX", "tensorflow": "TensorFlow"}
-    scores, gaps, ses = [], [], []
+    test figure, as the README states them; torch - JAX on those training images, paired; and the torch run's
+    parameters evaluated by JAX on the test images, paired with torch's own evaluation of them."""
+    from common.metrics import paired_difference
+
+    def interval(diff, se):
+        return f"{readme.signed(diff)} [{readme.signed(diff - 1.96 * se)}, {readme.signed(diff + 1.96 * se)}]"
+
+    names = {"jax": "JAX", "tensorflow": "TensorFlow", "torch": "torch"}
+    fit = ROOT / "results" / "burda-cpu-fit"
+    scores, gaps, ses, train_rows = [], [], [], {}
     for backend, name in names.items():
-        (evaluated,) = json.loads((ROOT / "results" / "burda-cpu-fit" / f"{backend}-train" / "evaluation.json")
-                                  .read_text())["runs"]
+        (evaluated,) = json.loads((fit / f"{backend}-train" / "evaluation.json").read_text())["runs"]
         assert evaluated["split"] == "train" and evaluated["test"]["k"] == 5000
         assert evaluated["test"]["examples"] == 2000
+        train_rows[backend] = np.load(fit / f"{backend}-train" / backend / "train_per_example.npz")
         (run,) = json.loads((ROOT / "results" / f"burda-cpu-{backend}" / "results.json").read_text())["runs"]
         train, test = evaluated["test"], run["test"]
         scores.append(f"{readme.signed(train['log_px'])} ± {train['log_px_se']:.2f} ({name})")
         gaps.append(f"{train['log_px'] - test['log_px']:.2f}")
         ses.append(f"{np.hypot(train['log_px_se'], test['log_px_se']):.2f}")
     text = " ".join(README.split())
-    assert f"score {scores[0]} and {scores[1]}, {gaps[0]} and {gaps[1]} nats above their test figures (± {ses[0]} " \
-        f"and {ses[1]}, the two standard errors combined)" in text
+    assert f"the three score {scores[0]}, {scores[1]} and {scores[2]}, {gaps[0]}, {gaps[1]} and {gaps[2]} nats " \
+        f"above their test figures (± {ses[0]}, {ses[1]} and {ses[2]}, the two standard errors combined)" in text
+    for backend in ("tensorflow", "torch"):
+        assert np.array_equal(train_rows[backend]["rows"], train_rows["jax"]["rows"])
+    diff, se = paired_difference(train_rows["torch"]["log_px"], train_rows["jax"]["log_px"])
+    assert abs(diff) < 1.96 * se
+    assert f"not distinguishable (torch − JAX {interval(diff, se)}, paired over the same images)" in text
+
+    (in_jax,) = json.loads((fit / "torch-params-in-jax" / "evaluation.json").read_text())["runs"]
+    assert in_jax["backend"] == "jax" and in_jax["split"] == "test" and in_jax["test"]["k"] == 5000
+    jax_eval = np.load(fit / "torch-params-in-jax" / "jax" / "test_per_example.npz")
+    torch_eval = np.load(ROOT / "results" / "burda-cpu-torch" / "torch-mean-field" / "test_per_example.npz")
+    assert np.array_equal(jax_eval["rows"], torch_eval["rows"])
+    diff, se = paired_difference(jax_eval["log_px"], torch_eval["log_px"])
+    assert abs(diff) < 1.96 * se
+    assert f"score {interval(diff, se)} from torch's own evaluation of them (paired, 95%)" in text
 
 
 def test_an_ablation_block_sets_each_change_beside_the_first_run_paired_and_the_literature_leaves_it_out(tmp_path):
