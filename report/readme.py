@@ -38,6 +38,11 @@ def signed(x: float, digits: int = 2) -> str:
     return f"{x:+.{digits}f}".replace("-", "−")
 
 
+def interval(diff: float, se: float) -> str:
+    """A difference with its 95% interval (± 1.96 standard errors), as README writes it: +0.12 [−0.03, +0.27]."""
+    return f"{signed(diff)} [{signed(diff - 1.96 * se)}, {signed(diff + 1.96 * se)}]"
+
+
 def run_table(path: str) -> str:
     """A run's whole table, as in its results.md (of a run of several models: its first model's)."""
     return markdown_table(load(path, "results.json"))
@@ -268,7 +273,7 @@ def between_backends(name: str, arrays: dict) -> str:
         if not np.array_equal(other["rows"], base["rows"]):
             raise ValueError(f"{name}: {backend} and {first} were tested on different images")
         diff, se = paired_difference(other["log_px"], base["log_px"])
-        parts.append(f"{backend} − {first} {signed(diff)} [{signed(diff - 1.96 * se)}, {signed(diff + 1.96 * se)}]"
+        parts.append(f"{backend} − {first} {interval(diff, se)}"
                      + (" (distinguishable)" if abs(diff) > 1.96 * se else ""))
     return (f"{name}, between backends, paired over the same {len(base['rows']):,} test images (95% interval; "
             "evaluation noise only: one seed each, so the spread of training across seeds is not in it): "
@@ -300,7 +305,7 @@ def ablation(paths: str) -> str:
             if not np.array_equal(arrays["rows"], first[1]["rows"]):
                 raise ValueError(f"{folder} and {paths.split(',')[0]} were tested on different images")
             diff, se = paired_difference(arrays["log_px"], first[1]["log_px"])
-            versus = f"{signed(diff)} [{signed(diff - 1.96 * se)}, {signed(diff + 1.96 * se)}]"
+            versus = interval(diff, se)
         lines.append(f"| `{folder}` | {changes} | {t['log_px']:.2f} ± {t['log_px_se']:.2f} ({t['k']}) | {versus} | "
                      f"{units['count']} of {units['of']} | {r['best_step']:,} of {r['spec']['steps']:,} | "
                      f"{duration(r['timing']['train_seconds'])} | {results['provenance']['commit'][:7]} |")

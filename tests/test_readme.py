@@ -285,9 +285,6 @@ def test_the_training_set_figures_under_the_literature_block_are_the_committed_e
     parameters evaluated by JAX on the test images, paired with torch's own evaluation of them."""
     from common.metrics import paired_difference
 
-    def interval(diff, se):
-        return f"{readme.signed(diff)} [{readme.signed(diff - 1.96 * se)}, {readme.signed(diff + 1.96 * se)}]"
-
     names = {"jax": "JAX", "tensorflow": "TensorFlow", "torch": "torch"}
     fit = ROOT / "results" / "burda-cpu-fit"
     scores, gaps, ses, train_rows = [], [], [], {}
@@ -308,7 +305,7 @@ def test_the_training_set_figures_under_the_literature_block_are_the_committed_e
         assert np.array_equal(train_rows[backend]["rows"], train_rows["jax"]["rows"])
     diff, se = paired_difference(train_rows["torch"]["log_px"], train_rows["jax"]["log_px"])
     assert abs(diff) < 1.96 * se
-    assert f"not distinguishable (torch − JAX {interval(diff, se)}, paired over the same images)" in text
+    assert f"not distinguishable (torch − JAX {readme.interval(diff, se)}, paired over the same images)" in text
 
     (in_jax,) = json.loads((fit / "torch-params-in-jax" / "evaluation.json").read_text())["runs"]
     assert in_jax["backend"] == "jax" and in_jax["split"] == "test" and in_jax["test"]["k"] == 5000
@@ -317,7 +314,7 @@ def test_the_training_set_figures_under_the_literature_block_are_the_committed_e
     assert np.array_equal(jax_eval["rows"], torch_eval["rows"])
     diff, se = paired_difference(jax_eval["log_px"], torch_eval["log_px"])
     assert abs(diff) < 1.96 * se
-    assert f"score {interval(diff, se)} from torch's own evaluation of them (paired, 95%)" in text
+    assert f"score {readme.interval(diff, se)} from torch's own evaluation of them (paired, 95%)" in text
 
 
 def test_an_ablation_block_sets_each_change_beside_the_first_run_paired_and_the_literature_leaves_it_out(tmp_path):
