@@ -246,8 +246,9 @@ def test_the_prose_under_the_literature_block_says_what_the_finished_runs_show()
     short of the paper's VAE (beyond their standard errors), the parameters tested were the last validation check
     (TensorFlow, torch) or the one before it (JAX); torch ends below JAX beyond evaluation noise, its checks trail
     JAX's by the stated range at every one, and one seed's torch - JAX difference at 100,000 steps spans the
-    stated range."""
-    from common.metrics import paired_difference
+    stated range; the whole schedule's torch - JAX and TensorFlow - JAX fall inside the 95% prediction interval
+    that the five short seeds give for one more seed's difference."""
+    from common.metrics import paired_difference, t_quantile
 
     text = " ".join(README.split())
     assert "within evaluation noise of each other" in text
@@ -277,6 +278,18 @@ def test_the_prose_under_the_literature_block_says_what_the_finished_runs_show()
     assert len(per_seed) == 5
     assert f"difference in test log p(x) ranges from {readme.signed(min(per_seed))} to " \
         f"{readme.signed(max(per_seed))} nats" in text
+    # one more seed's difference, predicted from the five (t, n - 1 degrees of freedom), against this run's
+    predicted = {}
+    for backend in ("torch", "tensorflow"):
+        d = np.array([score[backend, s] - score["jax", s] for s in sorted({s for _, s in score})])
+        half = t_quantile(len(d) - 1) * d.std(ddof=1) * np.sqrt(1 + 1 / len(d))
+        full = runs[backend]["test"]["log_px"] - runs["jax"]["test"]["log_px"]
+        assert d.mean() - half < full < d.mean() + half
+        predicted[backend] = (f"[{readme.signed(d.mean() - half)}, {readme.signed(d.mean() + half)}]",
+                              readme.signed(full))
+    assert f"one more seed's torch − JAX difference falls in {predicted['torch'][0]} with 95% probability" in text
+    assert f"this run's {predicted['torch'][1]} is inside it, as TensorFlow − JAX's {predicted['tensorflow'][1]} " \
+        f"is inside its {predicted['tensorflow'][0]}" in text
 
 
 def test_the_training_set_figures_under_the_literature_block_are_the_committed_evaluations():
