@@ -292,6 +292,34 @@ def test_the_prose_under_the_literature_block_says_what_the_finished_runs_show()
         f"is inside its {predicted['tensorflow'][0]}" in text
 
 
+def test_the_iwae_sentence_under_the_literature_block_is_its_run():
+    """The IWAE (k = 5) against the paper's number and its standard error, against the JAX VAE paired over the
+    same test images (log p(x) and ELBO), its active units beside the VAE's, and its best check the last."""
+    from common.metrics import paired_difference
+
+    text = " ".join(README.split())
+    folders = {name: ROOT / "results" / f"burda-cpu-{name}" for name in ("jax", "jax-iwae5")}
+    (vae,), (iwae,) = (json.loads((f / "results.json").read_text())["runs"] for f in folders.values())
+    assert (iwae["spec"]["objective"], iwae["spec"]["train_k"]) == ("iwae", 5) and iwae["test"]["k"] == 5000
+    paper_vae, paper = readme.BURDA[("elbo", 1)][1], readme.BURDA[("iwae", 5)][1]
+    test = iwae["test"]
+    assert abs(test["log_px"] - paper) < test["log_px_se"]
+    assert f"{readme.signed(test['log_px'])} ± {test['log_px_se']:.2f} against its {readme.signed(paper)}, " \
+        f"{readme.signed(test['log_px'] - paper)}, inside one standard error" in text
+    vae_a, iwae_a = (np.load(f / "jax-mean-field" / "test_per_example.npz") for f in folders.values())
+    np.testing.assert_array_equal(vae_a["rows"], iwae_a["rows"])
+    diff, se = paired_difference(iwae_a["log_px"], vae_a["log_px"])
+    assert diff - 1.96 * se > 0
+    assert f"it ends {readme.interval(diff, se)} above the JAX VAE" in text
+    assert f"where the paper's two numbers are {paper - paper_vae:.2f} apart" in text
+    units = iwae["active_units"]["count"], vae["active_units"]["count"]
+    assert f"with {units[0]} active units to the VAE's {units[1]}" in text
+    diff, se = paired_difference(iwae_a["elbo"], vae_a["elbo"])
+    assert abs(diff) < 1.96 * se
+    assert f"Its test ELBO is the VAE's ({readme.interval(diff, se)}, paired)" in text
+    assert iwae["best_step"] == iwae["validation"][-1]["step"]
+
+
 def test_the_training_set_figures_under_the_literature_block_are_the_committed_evaluations():
     """Train log p(x) of the finished Burda runs (compare.py evaluate --split train) and its distance above the
     test figure, as the README states them; torch - JAX on those training images, paired; and the torch run's
