@@ -322,8 +322,9 @@ def test_the_iwae_sentence_under_the_literature_block_is_its_run():
 
 def test_the_training_set_figures_under_the_literature_block_are_the_committed_evaluations():
     """Train log p(x) of the finished Burda runs (compare.py evaluate --split train) and its distance above the
-    test figure, as the README states them; torch - JAX on those training images, paired; and the torch run's
-    parameters evaluated by JAX on the test images, paired with torch's own evaluation of them."""
+    test figure, as the README states them; torch - JAX on those training images, paired; the paper code's setting
+    against the preset there and in its train - test distance, paired; and the torch run's parameters evaluated
+    by JAX on the test images, paired with torch's own evaluation of them."""
     from common.metrics import paired_difference
 
     names = {"jax": "JAX", "tensorflow": "TensorFlow", "torch": "torch"}
@@ -347,6 +348,26 @@ def test_the_training_set_figures_under_the_literature_block_are_the_committed_e
     diff, se = paired_difference(train_rows["torch"]["log_px"], train_rows["jax"]["log_px"])
     assert abs(diff) < 1.96 * se
     assert f"not distinguishable (torch − JAX {readme.interval(diff, se)}, paired over the same images)" in text
+
+    # the paper code's setting on the same training images: its fit and its train - test distance against the
+    # preset's, both paired (the distance's difference pairs each split's images)
+    (evaluated,) = json.loads((fit / "jax-paper-code-train" / "evaluation.json").read_text())["runs"]
+    assert evaluated["split"] == "train" and evaluated["test"]["k"] == 5000 and evaluated["test"]["examples"] == 2000
+    (code_run,) = json.loads((ROOT / "results" / "burda-cpu-jax-paper-code" / "results.json").read_text())["runs"]
+    code_train = np.load(fit / "jax-paper-code-train" / "jax" / "train_per_example.npz")
+    code_test = np.load(ROOT / "results" / "burda-cpu-jax-paper-code" / "jax-mean-field" / "test_per_example.npz")
+    preset_test = np.load(ROOT / "results" / "burda-cpu-jax" / "jax-mean-field" / "test_per_example.npz")
+    assert np.array_equal(code_train["rows"], train_rows["jax"]["rows"])
+    assert np.array_equal(code_test["rows"], preset_test["rows"])
+    on_train = paired_difference(code_train["log_px"], train_rows["jax"]["log_px"])
+    on_test = paired_difference(code_test["log_px"], preset_test["log_px"])
+    closer, se = on_test[0] - on_train[0], np.hypot(on_train[1], on_test[1])
+    assert on_train[0] - 1.96 * on_train[1] > 0 and closer - 1.96 * se > 0
+    train = evaluated["test"]
+    assert f"it scores {readme.signed(train['log_px'])} ± {train['log_px_se']:.2f}, " \
+        f"{readme.interval(*on_train)} above the preset's JAX run, and its distance above its test figure is " \
+        f"{train['log_px'] - code_run['test']['log_px']:.2f}, {closer:.2f} [{closer - 1.96 * se:.2f}, " \
+        f"{closer + 1.96 * se:.2f}] less than the preset's" in text
 
     (in_jax,) = json.loads((fit / "torch-params-in-jax" / "evaluation.json").read_text())["runs"]
     assert in_jax["backend"] == "jax" and in_jax["split"] == "test" and in_jax["test"]["k"] == 5000
@@ -401,8 +422,9 @@ def test_an_ablation_block_sets_each_change_beside_the_first_run_paired_and_the_
 
 def test_the_prose_beside_the_ablation_and_the_seeds_says_what_their_runs_show():
     """The paper code's Adam ends below the preset's by more than evaluation noise (paired over the same test
-    images); across five seeds at the short schedule every backend difference's interval includes zero and spans
-    about half a nat either way, and one run's spread across seeds is a few tenths of a nat."""
+    images), and the paper code's whole setting above it, within half a nat of the paper's VAE; across five seeds
+    at the short schedule every backend difference's interval includes zero and spans about half a nat either
+    way, and one run's spread across seeds is a few tenths of a nat."""
     from common.metrics import paired_difference
 
     text = " ".join(README.split())
@@ -414,6 +436,26 @@ def test_the_prose_beside_the_ablation_and_the_seeds_says_what_their_runs_show()
     assert len(arrays["burda-cpu-jax"]["rows"]) == 10_000
     diff, se = paired_difference(arrays["burda-cpu-jax-adam-burda"]["log_px"], arrays["burda-cpu-jax"]["log_px"])
     assert diff + 1.96 * se < 0
+    assert f"which alone lost {-diff:.2f}" in text
+    # the paper code's whole setting: above the preset beyond evaluation noise, within half a nat of the paper
+    code = ROOT / "results" / "burda-cpu-jax-paper-code"
+    (run,) = json.loads((code / "results.json").read_text())["runs"]
+    assert {k: run["spec"][k] for k in ("optimizer", "adam_beta1", "init", "encoder_scale", "batch_order",
+                                        "lr_schedule")} == dict(optimizer="adam-burda", adam_beta1=0.99,
+                                                                init="burda-code", encoder_scale="exp",
+                                                                batch_order="fixed", lr_schedule="burda-code")
+    per_image = np.load(code / "jax-mean-field" / "test_per_example.npz")
+    np.testing.assert_array_equal(per_image["rows"], arrays["burda-cpu-jax"]["rows"])
+    diff, se = paired_difference(per_image["log_px"], arrays["burda-cpu-jax"]["log_px"])
+    assert diff - 1.96 * se > 0
+    test, paper = run["test"], readme.BURDA[("elbo", 1)][1]
+    assert abs(test["log_px"] - paper) < min(0.5, test["log_px_se"])
+    (preset,) = json.loads((ROOT / "results" / "burda-cpu-jax" / "results.json").read_text())["runs"]
+    assert f"over the same test images it ends {readme.interval(diff, se)} above the preset, at " \
+        f"{readme.signed(test['log_px'])} ± {test['log_px_se']:.2f}, {readme.signed(test['log_px'] - paper)} from " \
+        f"the paper's {readme.signed(paper)} (inside this suite's half nat, and inside one standard error), with " \
+        f"{run['active_units']['count']} active units to the preset's {preset['active_units']['count']}" in text
+    assert "in its setting JAX ends within that half nat" in text
     assert "each difference's 95% interval (training spread) includes zero, and spans about half a nat either " \
         "way" in text and "which the short schedule below puts at a few tenths of a nat" in text
     results = json.loads((ROOT / "results" / "burda-short-cpu-seeds" / "results.json").read_text())
