@@ -14,6 +14,12 @@ from report import readme
 README = (ROOT / "README.md").read_text()
 
 
+def only_run(name: str) -> dict:
+    """The one run of the committed results/<name> (a run folder of one backend and one seed)."""
+    (run,) = json.loads((ROOT / "results" / name / "results.json").read_text())["runs"]
+    return run
+
+
 def test_ci_runs_the_install_and_test_commands_of_the_readme():
     ci = (ROOT / ".ci" / "run").read_text()
     for command in ('python -m pip install -e ".[all,test]"', "python -m pytest"):
@@ -255,9 +261,9 @@ def test_the_prose_under_the_literature_block_says_what_the_finished_runs_show()
     assert "the best of them was the last (TensorFlow and torch) or the one before it (JAX)" in text
     runs, arrays = {}, {}
     for backend in ("jax", "tensorflow", "torch"):
-        folder = ROOT / "results" / f"burda-cpu-{backend}"
-        (runs[backend],) = json.loads((folder / "results.json").read_text())["runs"]
-        arrays[backend] = np.load(folder / f"{backend}-mean-field" / "test_per_example.npz")
+        runs[backend] = only_run(f"burda-cpu-{backend}")
+        arrays[backend] = np.load(ROOT / "results" / f"burda-cpu-{backend}" / f"{backend}-mean-field" /
+                                  "test_per_example.npz")
     diff, se = paired_difference(arrays["tensorflow"]["log_px"], arrays["jax"]["log_px"])
     assert abs(diff) < 1.96 * se
     diff, se = paired_difference(arrays["torch"]["log_px"], arrays["jax"]["log_px"])
@@ -299,7 +305,7 @@ def test_the_iwae_sentence_under_the_literature_block_is_its_run():
 
     text = " ".join(README.split())
     folders = {name: ROOT / "results" / f"burda-cpu-{name}" for name in ("jax", "jax-iwae5")}
-    (vae,), (iwae,) = (json.loads((f / "results.json").read_text())["runs"] for f in folders.values())
+    vae, iwae = (only_run(f"burda-cpu-{name}") for name in folders)
     assert (iwae["spec"]["objective"], iwae["spec"]["train_k"]) == ("iwae", 5) and iwae["test"]["k"] == 5000
     paper_vae, paper = readme.BURDA[("elbo", 1)][1], readme.BURDA[("iwae", 5)][1]
     test = iwae["test"]
@@ -335,8 +341,7 @@ def test_the_training_set_figures_under_the_literature_block_are_the_committed_e
         assert evaluated["split"] == "train" and evaluated["test"]["k"] == 5000
         assert evaluated["test"]["examples"] == 2000
         train_rows[backend] = np.load(fit / f"{backend}-train" / backend / "train_per_example.npz")
-        (run,) = json.loads((ROOT / "results" / f"burda-cpu-{backend}" / "results.json").read_text())["runs"]
-        train, test = evaluated["test"], run["test"]
+        train, test = evaluated["test"], only_run(f"burda-cpu-{backend}")["test"]
         scores.append(f"{readme.signed(train['log_px'])} ± {train['log_px_se']:.2f} ({name})")
         gaps.append(f"{train['log_px'] - test['log_px']:.2f}")
         ses.append(f"{np.hypot(train['log_px_se'], test['log_px_se']):.2f}")
@@ -353,7 +358,7 @@ def test_the_training_set_figures_under_the_literature_block_are_the_committed_e
     # preset's, both paired (the distance's difference pairs each split's images)
     (evaluated,) = json.loads((fit / "jax-paper-code-train" / "evaluation.json").read_text())["runs"]
     assert evaluated["split"] == "train" and evaluated["test"]["k"] == 5000 and evaluated["test"]["examples"] == 2000
-    (code_run,) = json.loads((ROOT / "results" / "burda-cpu-jax-paper-code" / "results.json").read_text())["runs"]
+    code_run = only_run("burda-cpu-jax-paper-code")
     code_train = np.load(fit / "jax-paper-code-train" / "jax" / "train_per_example.npz")
     code_test = np.load(ROOT / "results" / "burda-cpu-jax-paper-code" / "jax-mean-field" / "test_per_example.npz")
     preset_test = np.load(ROOT / "results" / "burda-cpu-jax" / "jax-mean-field" / "test_per_example.npz")
@@ -439,7 +444,7 @@ def test_the_prose_beside_the_ablation_and_the_seeds_says_what_their_runs_show()
     assert f"which alone lost {-diff:.2f}" in text
     # the paper code's whole setting: above the preset beyond evaluation noise, within half a nat of the paper
     code = ROOT / "results" / "burda-cpu-jax-paper-code"
-    (run,) = json.loads((code / "results.json").read_text())["runs"]
+    run = only_run("burda-cpu-jax-paper-code")
     assert {k: run["spec"][k] for k in ("optimizer", "adam_beta1", "init", "encoder_scale", "batch_order",
                                         "lr_schedule")} == dict(optimizer="adam-burda", adam_beta1=0.99,
                                                                 init="burda-code", encoder_scale="exp",
@@ -450,7 +455,7 @@ def test_the_prose_beside_the_ablation_and_the_seeds_says_what_their_runs_show()
     assert diff - 1.96 * se > 0
     test, paper = run["test"], readme.BURDA[("elbo", 1)][1]
     assert abs(test["log_px"] - paper) < min(0.5, test["log_px_se"])
-    (preset,) = json.loads((ROOT / "results" / "burda-cpu-jax" / "results.json").read_text())["runs"]
+    preset = only_run("burda-cpu-jax")
     assert f"over the same test images it ends {readme.interval(diff, se)} above the preset, at " \
         f"{readme.signed(test['log_px'])} ± {test['log_px_se']:.2f}, {readme.signed(test['log_px'] - paper)} from " \
         f"the paper's {readme.signed(paper)} (inside this suite's half nat, and inside one standard error), with " \
